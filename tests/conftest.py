@@ -1,0 +1,36 @@
+"""Test-wide setup: CPU with 8 fake devices (sharding tests), the persistent compile cache."""
+
+import os
+
+# Before jax is imported anywhere: 8 fake CPU devices so mesh tests run on any machine.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.expanduser("~"), ".cache", "alignax", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+    """Runs a test with float64 enabled (golden comparisons at 1e-6 relative)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU-marked tests skip unless a GPU backend is present."""
+    try:
+        has_gpu = any(d.platform == "gpu" for d in jax.devices())
+    except RuntimeError:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
