@@ -3,7 +3,6 @@
 import os
 
 # Before jax is imported anywhere: 8 fake CPU devices so mesh tests run on any machine.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=8").strip()
