@@ -322,6 +322,9 @@ COMMON_KWARGS = {
 }
 
 
+_ALWAYS_PASSABLE = ("beta", "chosen_lengths", "rejected_lengths")
+
+
 def _registered(name: str, fn: Callable) -> Callable:
     """Wraps `fn` to the common registry signature.
 
@@ -329,9 +332,9 @@ def _registered(name: str, fn: Callable) -> Callable:
     chosen_lengths=None, rejected_lengths=None, label_smoothing=0.0, f_divergence_type=
     "reverse_kl", f_alpha_divergence_coef=0.5, discopop_tau=0.05) -> [...]`.
 
-    Lengths are data and may always be passed. A common hyper-parameter that `fn` does not use
-    may be left at its default; setting it to anything else is an error (as TRL rejects f-divergences on the losses that ignore them), so a typo'd
-    config never silently trains another loss.
+    Lengths (data) and `beta` may always be passed. Any other common hyper-parameter that `fn`
+    does not use must stay at its default; anything else is an error (as TRL rejects
+    f-divergences on the losses that ignore them), so a config never silently trains another loss.
     """
     accepted = set(inspect.signature(fn).parameters)
 
@@ -340,26 +343,26 @@ def _registered(name: str, fn: Callable) -> Callable:
         if unknown:
             raise TypeError(f"loss {name!r} got unknown arguments {sorted(unknown)}; "
                             f"common arguments are {sorted(COMMON_KWARGS)}")
-        call = {}
+        # The registry's defaults are TRL's (e.g. label_smoothing=0), whatever `fn`'s own are.
+        call = {k: v for k, v in COMMON_KWARGS.items() if k in accepted}
         for key, value in kwargs.items():
             if key in accepted:
                 if key.endswith("_lengths"):
                     value = require(value, key, name)
                 call[key] = value
-            elif key.endswith("_lengths"):
-                continue  # data, not a hyper-parameter: always passable, used where needed
+            elif key in _ALWAYS_PASSABLE:
+                continue  # data, or beta that every config carries: ignored where unused
             elif value != COMMON_KWARGS[key]:
-                raise ValueError(f"loss {name!r} does not use {key}={value!r} (TRL 1.16 semantics); "
-                                 f"leave it at {COMMON_KWARGS[key]!r}")
-        for key in accepted & {"chosen_lengths", "rejected_lengths"}:
-            if key not in call:
-                require(None, key, name)
+                raise ValueError(f"loss {name!r} does not use {key}={value!r} (TRL 1.16 "
+                                 f"semantics); leave it at {COMMON_KWARGS[key]!r}")
+        for key in sorted(accepted & {"chosen_lengths", "rejected_lengths"}):
+            require(call[key], key, name)
         return fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, **call)
 
     wrapped.__name__ = f"{name}_preference_loss"
     wrapped.__qualname__ = wrapped.__name__
-    wrapped.__doc__ = f"TRL loss_type {name!r} with the common signature; see `{fn.__name__}`.\n\n" \
-        + (fn.__doc__ or "")
+    wrapped.__doc__ = (f"TRL loss_type {name!r} with the common signature; see "
+                       f"`{fn.__name__}`.\n\n{fn.__doc__ or ''}")
     wrapped.__wrapped__ = fn
     return wrapped
 

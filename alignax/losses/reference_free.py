@@ -13,6 +13,7 @@ References:
 from __future__ import annotations
 
 import math
+
 import jax
 import jax.numpy as jnp
 

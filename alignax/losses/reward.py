@@ -37,7 +37,7 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, *, margin=None,
 
 
 def reward_metrics(chosen_rewards, rejected_rewards) -> dict[str, jax.Array]:
-    """TRL reward-trainer metrics: `accuracy`, `margin`, `min_reward`, `mean_reward`, `max_reward`."""
+    """TRL reward-trainer metrics: accuracy, margin, min_reward, mean_reward, max_reward."""
     r_w, r_l = jax.lax.stop_gradient(as_float(chosen_rewards, rejected_rewards))
     both = jnp.concatenate([r_w.reshape(-1), r_l.reshape(-1)])
     return {
