@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # Local Hugging Face checkpoints and tokenizers (no hub access at run time).
     "hf": ["safetensors>=0.4", "tokenizers>=0.20"],
+    # Parquet preference / SFT files.
+    "parquet": ["pyarrow>=14"],
     # Preference data stored as TFDS array_record, read with grain (no TensorFlow).
     "tfds": ["tensorflow-datasets>=4.9.8", "array-record>=0.7", "grain>=0.2.10"],
     # Test-only oracles (torch CPU is installed first by the Makefile) and tools.
@@ -30,6 +32,7 @@ EXTRAS = {
         "trl==1.16.0",
         "safetensors>=0.4",
         "tokenizers>=0.20",
+        "pyarrow>=14",
     ],
 }
 

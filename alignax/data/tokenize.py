@@ -1,0 +1,174 @@
+"""Tokenise examples, truncate, and pad into a few fixed length buckets.
+
+Batch layouts (numpy int32, right-padded; `completion_mask` is 1 on completion tokens including
+the appended EOS, 0 on prompt and padding; logits at position t predict token t+1):
+
+* pairs: `input_ids`, `attention_mask`, `completion_mask` `[B, 2, S]` (index 0 = chosen,
+  1 = rejected, so a data-parallel shard holds whole pairs), `objective` `[B]` (-1 if none).
+* sft: `input_ids`, `attention_mask`, `completion_mask` `[B, S]`.
+* unpaired (KTO): the sft arrays plus `label` `[B]` and `kl_*` `[B, S]`, where row i pairs
+  prompt i with completion i-1 (cycled within the batch), as TRL builds its KL estimate.
+
+`S` is the smallest bucket that fits the longest row, so a run compiles once per bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from alignax.data.errors import DataError, ErrorPolicy
+from alignax.data.formats import SFT, Pair, Unpaired
+
+
+class Tokenizer(Protocol):
+    """What the data pipeline needs from a tokenizer."""
+
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+def render_chat(tokenizer, messages: list, *, add_generation_prompt: bool) -> str:
+    """Renders chat messages with the tokenizer's chat template, or a plain default one."""
+    template = getattr(tokenizer, "apply_chat_template", None)
+    if template is not None:
+        return template(messages, add_generation_prompt=add_generation_prompt)
+    text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
+    return text + ("<|assistant|>\n" if add_generation_prompt else "")
+
+
+def _prompt_and_completion(tokenizer, prompt, completion, where, field) -> tuple[str, str]:
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return prompt, completion
+    if not isinstance(prompt, list):
+        prompt = [{"role": "user", "content": prompt}]
+    if not isinstance(completion, list):
+        completion = [{"role": "assistant", "content": completion}]
+    prompt_text = render_chat(tokenizer, prompt, add_generation_prompt=True)
+    full = render_chat(tokenizer, prompt + completion, add_generation_prompt=False)
+    if not full.startswith(prompt_text):
+        path, line = where or (None, None)
+        raise DataError("the chat template does not render the prompt as a prefix of the full "
+                        "conversation", path=path, line=line, field=field)
+    return prompt_text, full[len(prompt_text):]
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Token limits (TRL-style truncation: a prompt keeps its end, a completion its start)."""
+
+    max_prompt_length: int = 256
+    max_completion_length: int = 256
+
+    @property
+    def max_length(self) -> int:
+        return self.max_prompt_length + self.max_completion_length
+
+
+def _encode(tokenizer, prompt, completion, limits: Limits, where, field):
+    prompt_text, completion_text = _prompt_and_completion(tokenizer, prompt, completion, where,
+                                                          field)
+    p = list(tokenizer.encode(prompt_text))[-limits.max_prompt_length:] if prompt_text else []
+    c = (list(tokenizer.encode(completion_text)) + [tokenizer.eos_id])
+    if len(c) > limits.max_completion_length:
+        c = c[:limits.max_completion_length]
+    if len(c) <= 1 and not completion_text.strip():
+        path, line = where or (None, None)
+        raise DataError("empty completion", path=path, line=line, field=field)
+    return p, c
+
+
+def tokenize_examples(examples: Sequence, tokenizer, limits: Limits,
+                      policy: ErrorPolicy | None = None) -> list[dict]:
+    """Token ids per example: `{"prompt", "chosen", "rejected"}` / `{"prompt", "completion"}`."""
+    policy = policy or ErrorPolicy()
+    out = []
+    for ex in examples:
+        try:
+            if isinstance(ex, Pair):
+                p, c = _encode(tokenizer, ex.prompt, ex.chosen, limits, ex.where, "chosen")
+                _, r = _encode(tokenizer, ex.prompt, ex.rejected, limits, ex.where, "rejected")
+                out.append({"prompt": p, "chosen": c, "rejected": r,
+                            "objective": -1 if ex.objective is None else ex.objective})
+            elif isinstance(ex, SFT | Unpaired):
+                p, c = _encode(tokenizer, ex.prompt, ex.completion, limits, ex.where,
+                               "completion")
+                row = {"prompt": p, "completion": c}
+                if isinstance(ex, Unpaired):
+                    row["label"] = ex.label
+                out.append(row)
+            else:
+                raise TypeError(f"unknown example type {type(ex).__name__}")
+        except DataError as e:
+            policy.handle(e)
+    return out
+
+
+def default_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
+    """Powers of two from `smallest` up to `max_length`, plus `max_length` itself."""
+    out, b = [], smallest
+    while b < max_length:
+        out.append(b)
+        b *= 2
+    return tuple(out) + (max_length,)
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(f"sequence of {length} tokens is longer than the largest bucket "
+                     f"{max(buckets)}")
+
+
+def _rows(prompt_ids, completion_ids, width, pad_id):
+    ids = np.full(width, pad_id, np.int32)
+    attn = np.zeros(width, np.int32)
+    comp = np.zeros(width, np.int32)
+    n_p, n_c = len(prompt_ids), len(completion_ids)
+    ids[:n_p + n_c] = list(prompt_ids) + list(completion_ids)
+    attn[:n_p + n_c] = 1
+    comp[n_p:n_p + n_c] = 1
+    return ids, attn, comp
+
+
+def needed_length(rows: Sequence[dict]) -> int:
+    """Tokens the longest row of a batch needs (for KTO, an upper bound over the KL rows too)."""
+    if "chosen" in rows[0]:
+        return max(len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"])) for r in rows)
+    need = max(len(r["prompt"]) + len(r["completion"]) for r in rows)
+    if "label" in rows[0]:
+        need = max(need, max(len(r["prompt"]) for r in rows)
+                   + max(len(r["completion"]) for r in rows))
+    return need
+
+
+def collate(rows: Sequence[dict], *, pad_id: int, buckets: Sequence[int],
+            width: int | None = None) -> dict:
+    """Pads tokenised rows into one fixed-shape batch (see the module docstring for layouts).
+
+    `width` (a bucket chosen from the global batch) overrides the choice from these rows.
+    """
+    width = width or bucket_for(needed_length(rows), buckets)
+    if "chosen" in rows[0]:
+        arrays = [[_rows(r["prompt"], r[k], width, pad_id) for k in ("chosen", "rejected")]
+                  for r in rows]
+        stack = lambda i: np.stack([np.stack([pair[0][i], pair[1][i]]) for pair in arrays])
+        return {"input_ids": stack(0), "attention_mask": stack(1), "completion_mask": stack(2),
+                "objective": np.asarray([r["objective"] for r in rows], np.int32)}
+    built = [_rows(r["prompt"], r["completion"], width, pad_id) for r in rows]
+    batch = {k: np.stack([b[i] for b in built])
+             for i, k in enumerate(("input_ids", "attention_mask", "completion_mask"))}
+    if "label" in rows[0]:
+        # KL pairs: prompt i with completion i-1, cycled within the batch.
+        shifted = [rows[i - 1]["completion"] for i in range(len(rows))]
+        batch["label"] = np.asarray([r["label"] for r in rows], bool)
+        kl = [_rows(r["prompt"], c, width, pad_id) for r, c in zip(rows, shifted)]
+        for i, k in enumerate(("kl_input_ids", "kl_attention_mask", "kl_completion_mask")):
+            batch[k] = np.stack([b[i] for b in kl])
+    return batch

@@ -1,0 +1,176 @@
+"""Data pipeline: sources, formats, errors that name file/line/field, batches, resume, task."""
+
+import json
+
+import numpy as np
+import pytest
+
+from alignax import data
+from alignax.data import synthetic
+
+
+class CharTokenizer:
+    """One id per character (ord + 3); pad 0, eos 1. Enough to check the layouts by hand."""
+
+    pad_id, eos_id = 0, 1
+
+    def encode(self, text):
+        return [ord(ch) + 3 for ch in text]
+
+
+def _write(tmp_path, name, lines):
+    path = tmp_path / name
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def _load(path, **kw):
+    policy = data.ErrorPolicy(kw.pop("on_error", "raise"))
+    return data.parse_records(data.read_records(path, policy=policy), policy=policy, **kw), policy
+
+
+def test_pairs_layout(tmp_path):
+    path = _write(tmp_path, "p.jsonl", [json.dumps({"prompt": "ab", "chosen": "c",
+                                                    "rejected": "de"})])
+    examples, _ = _load(path)
+    assert examples[0] == data.Pair("ab", "c", "de", None, (path, 1))
+    rows = data.tokenize_examples(examples, CharTokenizer(), data.Limits(8, 8))
+    batch = data.collate(rows, pad_id=0, buckets=(4, 8))
+    # "ab"+"c"+eos = 4 tokens, "ab"+"de"+eos = 5 -> bucket 8.
+    assert batch["input_ids"].shape == (1, 2, 8)
+    np.testing.assert_array_equal(batch["input_ids"][0, 0], [100, 101, 102, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(batch["completion_mask"][0, 0], [0, 0, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(batch["completion_mask"][0, 1], [0, 0, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(batch["attention_mask"][0, 1], [1, 1, 1, 1, 1, 0, 0, 0])
+    assert batch["objective"].tolist() == [-1]
+
+
+def test_truncation_keeps_prompt_end_and_completion_start():
+    rows = data.tokenize_examples([data.SFT("abcdef", "xyz")], CharTokenizer(),
+                                  data.Limits(max_prompt_length=2, max_completion_length=2))
+    assert rows[0]["prompt"] == [ord("e") + 3, ord("f") + 3]
+    assert rows[0]["completion"] == [ord("x") + 3, ord("y") + 3]  # eos cut off with the tail
+
+
+def test_hh_dialogue_prompt_extraction(tmp_path):
+    rec = {"chosen": "\n\nHuman: hi\n\nAssistant: hello!",
+           "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    examples, _ = _load(_write(tmp_path, "hh.jsonl", [json.dumps(rec)]))
+    assert examples[0].prompt == "\n\nHuman: hi\n\nAssistant:"
+    assert (examples[0].chosen, examples[0].rejected) == (" hello!", " go away")
+
+
+def test_chat_messages_rendered():
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    ex = data.parse_records([(("m", 1), {"messages": msgs})])[0]
+    rows = data.tokenize_examples([ex], CharTokenizer(), data.Limits(64, 64))
+    text = "".join(chr(i - 3) for i in rows[0]["prompt"])
+    assert text == "<|user|>\nhi\n<|assistant|>\n"
+    assert "".join(chr(i - 3) for i in rows[0]["completion"][:-1]) == "yo\n"
+
+
+def test_unpaired_kl_rows_cycle_completions():
+    rows = data.tokenize_examples([data.Unpaired("a", "x", True), data.Unpaired("b", "yy", False)],
+                                  CharTokenizer(), data.Limits(4, 4))
+    batch = data.collate(rows, pad_id=0, buckets=(8,))
+    assert batch["label"].tolist() == [True, False]
+    # Row 0's KL sequence is prompt "a" + completion of row 1 ("yy" + eos).
+    np.testing.assert_array_equal(batch["kl_input_ids"][0][:4], [100, 124, 124, 1])
+    np.testing.assert_array_equal(batch["kl_completion_mask"][0][:4], [0, 1, 1, 1])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "a", "chosen": "b"', "p.jsonl:2: invalid JSON"),
+    ('{"prompt": "a", "chosen": "b"}', "p.jsonl:2: field 'rejected': missing field"),
+    ('{"prompt": "a", "chosen": 3, "rejected": "c"}',
+     "p.jsonl:2: field 'chosen': expected a string or a list of chat messages, got int"),
+    ('{"prompt": "a", "chosen": "  ", "rejected": "c"}', "p.jsonl:2: field 'chosen': empty text"),
+    ('[1, 2]', "p.jsonl:2: expected a JSON object, got list"),
+])
+def test_malformed_rows_name_file_line_field(tmp_path, line, message):
+    good = json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"})
+    path = _write(tmp_path, "p.jsonl", [good, line, good])
+    with pytest.raises(data.DataError) as err:
+        _load(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    # on_error="skip" drops exactly the bad row and reports it.
+    examples, policy = _load(path, on_error="skip")
+    assert len(examples) == 2 and policy.num_skipped == 1
+    assert message in policy.summary()
+
+
+def test_unreadable_and_unknown_files(tmp_path):
+    with pytest.raises(data.DataError, match="no such file"):
+        data.read_records(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(data.DataError, match="unknown data file type '.csv'"):
+        data.read_records(str(tmp_path / "x.csv"))
+
+
+def test_parquet_source(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "d.parquet")
+    pq.write_table(pa.table({"prompt": ["1+1="], "completion": ["2"]}), path)
+    examples, _ = _load(path)
+    assert examples == [data.SFT("1+1=", "2", (path, 1))]
+
+
+def test_objective_names_and_indices():
+    recs = [(("f", 1), {"prompt": "", "chosen": "a", "rejected": "b", "objective": "brevity"}),
+            (("f", 2), {"prompt": "", "chosen": "a", "rejected": "b", "objective": 0})]
+    out = data.parse_records(recs, objectives=["correct", "brevity"])
+    assert [e.objective for e in out] == [1, 0]
+    with pytest.raises(data.DataError, match="f:1: field 'objective': unknown objective"):
+        data.parse_records(recs[:1], objectives=["correct"])
+
+
+def _rows(n):
+    return data.tokenize_examples(synthetic.preference_pairs(n, seed=0), CharTokenizer(),
+                                  data.Limits(8, 8))
+
+
+def test_iterator_is_deterministic_and_resumes():
+    a = data.BatchIterator(_rows(10), global_batch_size=4, pad_id=0, max_length=16, seed=3)
+    full = [next(a)["input_ids"] for _ in range(5)]  # crosses an epoch boundary (2 per epoch)
+    b = data.BatchIterator(_rows(10), global_batch_size=4, pad_id=0, max_length=16, seed=3)
+    first = [next(b)["input_ids"] for _ in range(3)]
+    state = json.loads(json.dumps(b.state_dict()))
+    c = data.BatchIterator(_rows(10), global_batch_size=4, pad_id=0, max_length=16, seed=3)
+    c.load_state_dict(state)
+    rest = [next(c)["input_ids"] for _ in range(2)]
+    for x, y in zip(full, first + rest):
+        np.testing.assert_array_equal(x, y)
+    # Another seed gives another order.
+    d = data.BatchIterator(_rows(10), global_batch_size=4, pad_id=0, max_length=16, seed=4)
+    assert any(not np.array_equal(x, next(d)["input_ids"]) for x in full[:2])
+
+
+def test_process_slices_cover_the_global_batch():
+    rows = _rows(8)
+    whole = next(data.BatchIterator(rows, global_batch_size=4, pad_id=0, max_length=16))
+    parts = [next(data.BatchIterator(rows, global_batch_size=4, pad_id=0, max_length=16,
+                                     process_index=i, process_count=2)) for i in range(2)]
+    np.testing.assert_array_equal(whole["input_ids"],
+                                  np.concatenate([p["input_ids"] for p in parts]))
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+        data.BatchIterator(rows, global_batch_size=4, pad_id=0, max_length=16, process_count=3)
+
+
+def test_synthetic_task_answers_and_noise(tmp_path):
+    probs = synthetic.problems(50, seed=1)
+    assert all(synthetic.is_correct(p, a) for p, a in probs)
+    assert synthetic.accuracy([p for p, _ in probs], [a + "\n" for _, a in probs]) == 1.0
+    noisy = synthetic.sft_examples(400, seed=1, error_rate=0.25)
+    wrong = np.mean([not synthetic.is_correct(e.prompt, e.completion) for e in noisy])
+    assert 0.18 < wrong < 0.32  # binomial(400, 0.25): 4.5 sigma band
+    pairs = synthetic.preference_pairs(20, seed=2)
+    assert all(synthetic.is_correct(p.prompt, p.chosen) and
+               not synthetic.is_correct(p.prompt, p.rejected) for p in pairs)
+    path = str(tmp_path / "pairs.jsonl")
+    synthetic.write_jsonl(pairs, path)
+    back, _ = _load(path)
+    assert [(e.prompt, e.chosen, e.rejected) for e in back] == [
+        (p.prompt, p.chosen, p.rejected) for p in pairs]
