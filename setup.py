@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.0",
     "absl-py>=2.0",
     "numpy>=1.26",
+    "tensorboardX>=2.6",
 ]
 
 EXTRAS = {
