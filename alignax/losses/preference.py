@@ -291,7 +291,8 @@ def discopop_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_l
 
 
 def sft_pair_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
-                  chosen_lengths) -> jax.Array:
+                  chosen_lengths, f_divergence_type: str = "reverse_kl",
+                  f_alpha_divergence_coef: float = 0.5) -> jax.Array:
     """TRL's `sft` loss type: NLL of the chosen completions, token-mean over the batch.
 
     -sum_b l(y_w,b) / sum_b |y_w,b| over the **last axis**, broadcast to every pair (so its batch
@@ -299,10 +300,12 @@ def sft_pair_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_l
 
     Args:
       chosen_logps: `[..., B]` summed chosen log-probs; chosen_lengths: `[..., B]` token counts.
-      The other arguments are ignored (kept for the common signature).
+      The other arguments are ignored (kept for the common signature). TRL accepts an
+      f-divergence with `sft` so that RPO works with f-DPO; it does not change the NLL.
     Returns: `[..., B]`.
     """
     del rejected_logps, ref_chosen_logps, ref_rejected_logps
+    del f_divergence_type, f_alpha_divergence_coef
     chosen_logps, lengths = as_float(chosen_logps, chosen_lengths)
     nll = -jnp.sum(chosen_logps, axis=-1, keepdims=True) / jnp.sum(lengths, axis=-1, keepdims=True)
     return jnp.broadcast_to(nll, chosen_logps.shape)
@@ -364,6 +367,7 @@ def _registered(name: str, fn: Callable) -> Callable:
     wrapped.__doc__ = (f"TRL loss_type {name!r} with the common signature; see "
                        f"`{fn.__name__}`.\n\n{fn.__doc__ or ''}")
     wrapped.__wrapped__ = fn
+    wrapped.uses = frozenset(accepted & set(COMMON_KWARGS))
     return wrapped
 
 
@@ -430,10 +434,19 @@ def mixed_preference_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_re
     if len(loss_weights) != len(loss_types):
         raise ValueError(f"loss_weights has {len(loss_weights)} entries for "
                          f"{len(loss_types)} loss_types {list(loss_types)}")
+    fns = [get_preference_loss(name) for name in loss_types]
+    # As TRL: a hyper-parameter goes to the types that use it (label smoothing to `robust`,
+    # not to `sigmoid`), and one that no type uses is an error.
+    used = set().union(*(getattr(f, "uses", COMMON_KWARGS.keys()) for f in fns))
+    for key, value in kwargs.items():
+        if (key in COMMON_KWARGS and key not in used and key not in _ALWAYS_PASSABLE
+                and value != COMMON_KWARGS[key]):
+            raise ValueError(f"none of the loss types {list(loss_types)} uses {key}={value!r}")
     total = 0.0
-    for name, weight in zip(loss_types, loss_weights):
-        loss = get_preference_loss(name)(chosen_logps, rejected_logps, ref_chosen_logps,
-                                         ref_rejected_logps, **kwargs)
+    for fn, weight in zip(fns, loss_weights):
+        uses = getattr(fn, "uses", COMMON_KWARGS.keys())
+        own = {k: v for k, v in kwargs.items() if k in uses or k in _ALWAYS_PASSABLE}
+        loss = fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, **own)
         total = total + weight * loss
     return total
 

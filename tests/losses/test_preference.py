@@ -209,6 +209,15 @@ def test_mixed_loss_is_weighted_sum(x64):
     expected = (0.8 * PREFERENCE_LOSSES["sigmoid"](*args, **kw)
                 + 0.2 * PREFERENCE_LOSSES["sft"](*args, **kw))
     np.testing.assert_allclose(mixed, expected, rtol=1e-12)
+    # label_smoothing goes to robust only (TRL 1.16); a value no listed type uses is an error.
+    mixed = losses.mixed_preference_loss(*args, loss_types=["sigmoid", "robust"],
+                                         label_smoothing=0.1, **kw)
+    np.testing.assert_allclose(mixed, PREFERENCE_LOSSES["sigmoid"](*args, **kw)
+                               + PREFERENCE_LOSSES["robust"](*args, label_smoothing=0.1, **kw),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="none of the loss types"):
+        losses.mixed_preference_loss(*args, loss_types=["sigmoid", "sft"], label_smoothing=0.1,
+                                     **kw)
     with pytest.raises(ValueError, match="loss_weights has 1 entries"):
         losses.mixed_preference_loss(*args, loss_types=["sigmoid", "sft"], loss_weights=[1.0])
 
