@@ -1,7 +1,48 @@
 """Pure loss maths: functions of arrays, no model, no config, explicit reductions."""
 
 from alignax.losses import reduce
+from alignax.losses.distill import (
+    adpa_advantage,
+    adpa_loss,
+    adpa_token_loss,
+    collapse_topk,
+    dckd_full_kl,
+    dckd_loss,
+    dckd_topk_kl,
+    gather_topk_logps,
+)
+from alignax.losses.grao import grao_advantages, grao_loss
+from alignax.losses.kl import (
+    KL_ESTIMATORS,
+    entropy_from_logits,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    kl_k3_bias_corrected,
+)
 from alignax.losses.kto import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss
+from alignax.losses.multihead import (
+    MAH_DPO_LOSSES,
+    head_metric_dict,
+    head_routes,
+    mah_dpo_loss,
+    mah_dpo_rewards,
+    mix_head_logits,
+)
+from alignax.losses.policy_gradient import (
+    GRPO_LOSS_TYPES,
+    dapo_normalizer,
+    gae,
+    grpo_advantages,
+    grpo_aggregate,
+    grpo_loss,
+    kl_penalized_rewards,
+    masked_whiten,
+    nanstd,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+)
 from alignax.losses.preference import (
     F_DIVERGENCES,
     PREFERENCE_LOSSES,
@@ -42,6 +83,7 @@ from alignax.losses.reference_free import (
 )
 from alignax.losses.reward import bradley_terry_loss, reward_metrics
 from alignax.losses.sft import nll_loss
+from alignax.losses.spa import SpaPairs, score_covariance_det, spa_loss, spa_pairs, spa_weights
 
 __all__ = [
     "F_DIVERGENCES", "PREFERENCE_LOSSES", "alphapo_reward", "aot_loss", "aot_unpaired_loss",
@@ -53,4 +95,13 @@ __all__ = [
     "preference_metrics", "reduce", "register_preference_loss", "reward_metrics", "robust_loss",
     "sft_pair_loss", "sigmoid_loss", "sigmoid_norm_loss", "simpo_loss", "sppo_hard_loss",
     "wpo_weights",
+    # Issue 3: KL, policy gradient, GRAO, MAH-DPO, distillation, SPA.
+    "GRPO_LOSS_TYPES", "KL_ESTIMATORS", "MAH_DPO_LOSSES", "SpaPairs", "adpa_advantage",
+    "adpa_loss", "adpa_token_loss", "collapse_topk", "dapo_normalizer", "dckd_full_kl",
+    "dckd_loss", "dckd_topk_kl", "entropy_from_logits", "gae", "gather_topk_logps",
+    "grao_advantages", "grao_loss", "grpo_advantages", "grpo_aggregate", "grpo_loss",
+    "head_metric_dict", "head_routes", "kl_k1", "kl_k2", "kl_k3", "kl_k3_bias_corrected",
+    "kl_penalized_rewards", "mah_dpo_loss", "mah_dpo_rewards", "masked_whiten",
+    "mix_head_logits", "nanstd", "ppo_policy_loss", "ppo_value_loss", "rloo_advantages",
+    "score_covariance_det", "spa_loss", "spa_pairs", "spa_weights",
 ]
