@@ -1,0 +1,69 @@
+"""Decoder-only transformers (Llama, Qwen2, Qwen3, Mistral) in Flax NNX, HF import/export,
+chunked log-probs, KV-cache decoding, heads and tokenisers.
+
+    model = alignax.models.from_hf("/path/to/hf_dir", dtype=jnp.bfloat16)
+    logits = alignax.models.forward(model, input_ids, attention_mask)        # [B, S, V]
+    hidden, _ = model.hidden_states(input_ids, attention_mask)             # [B, S, E]
+    logps = alignax.models.token_logps(hidden[:, :-1], model.lm_head_weight(),
+                                       input_ids[:, 1:], mask[:, 1:])      # [B, S-1]
+    alignax.models.to_hf(model, "/path/to/out")
+
+torch/transformers are never imported here; safetensors/tokenizers/jinja2 lazily.
+"""
+
+from alignax.models import tokenizers
+from alignax.models.cache import KVCache, init_cache
+from alignax.models.config import ModelConfig, tiny_config
+from alignax.models.decode import decode_step, extend, prefill
+from alignax.models.heads import (
+    MultiLMHead,
+    RewardHead,
+    ValueHead,
+    last_token_index,
+    mix_head_logits,
+    multi_head_token_logps,
+    reference_weights,
+)
+from alignax.models.hf import MissingTensorsError, from_hf, to_hf
+from alignax.models.logprobs import (
+    log_sum_sq_probs,
+    sequence_logps,
+    token_entropy,
+    token_logps,
+    token_stats,
+)
+from alignax.models.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
+from alignax.models.transformer import Transformer, forward, init_model, logical_axes
+
+__all__ = [
+    "ByteTokenizer",
+    "HFTokenizer",
+    "KVCache",
+    "MissingTensorsError",
+    "ModelConfig",
+    "MultiLMHead",
+    "RewardHead",
+    "Transformer",
+    "ValueHead",
+    "decode_step",
+    "extend",
+    "forward",
+    "from_hf",
+    "init_cache",
+    "init_model",
+    "last_token_index",
+    "load_tokenizer",
+    "log_sum_sq_probs",
+    "logical_axes",
+    "mix_head_logits",
+    "multi_head_token_logps",
+    "prefill",
+    "reference_weights",
+    "sequence_logps",
+    "tiny_config",
+    "to_hf",
+    "token_entropy",
+    "token_logps",
+    "token_stats",
+    "tokenizers",
+]

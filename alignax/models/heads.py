@@ -1,0 +1,132 @@
+"""Heads on top of the final hidden states: value (PPO critic), reward, multi-action LM heads.
+
+The heads take `Transformer.hidden_states(...)` output, so one trunk forward serves the LM,
+the critic and the reward score. Shapes: B batch, S sequence, E hidden, V vocab, H heads.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from alignax.models.config import ModelConfig
+from alignax.models.layers import const_param, normal_param, param
+from alignax.models.logprobs import token_logps
+
+
+class ValueHead(nnx.Module):
+    """Scalar value per token, V(s_t) = h_t . w + b (the PPO critic head)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, std: float = 0.02):
+        self.weight = normal_param(rngs, (config.hidden_size,), ("embed",), config, std)
+        self.bias = const_param((), (), config, 0.0)
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        """`[B, S, E]` hidden -> `[B, S]` float32 values."""
+        w = self.weight[...].astype(hidden.dtype)
+        out = jnp.einsum("bse,e->bs", hidden, w, preferred_element_type=jnp.float32)
+        return out + self.bias[...].astype(jnp.float32)
+
+
+def last_token_index(attention_mask: jax.Array) -> jax.Array:
+    """Index `[B]` of each row's last real token (works for left and right padding)."""
+    s = attention_mask.shape[-1]
+    idx = jnp.arange(s, dtype=jnp.int32)
+    return jnp.max(jnp.where(attention_mask.astype(bool), idx, -1), axis=-1).clip(0)
+
+
+class RewardHead(nnx.Module):
+    """Bradley-Terry reward model head: the linear score of the last real token."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, std: float = 0.02):
+        self.value = ValueHead(config, rngs=rngs, std=std)
+
+    def __call__(self, hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """`[B, S, E]` hidden, `[B, S]` mask -> `[B]` float32 rewards."""
+        idx = last_token_index(attention_mask)
+        last = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)  # [B, 1, E]
+        return self.value(last)[:, 0]
+
+
+def normalize_head_weights(weights: jax.Array) -> jax.Array:
+    """User mixing weights `[H]` (non-negative) -> weights summing to one."""
+    weights = jnp.asarray(weights, jnp.float32)
+    return weights / jnp.sum(weights)
+
+
+@jax.jit
+def mix_head_logits(head_logits: jax.Array, weights: jax.Array) -> jax.Array:
+    """Weighted sum of per-head logits before the softmax (MAH-DPO inference mixing).
+
+    Args:
+      head_logits: `[H, ..., V]` logits of each head.
+      weights: `[H]` user weights (normalised here).
+    Returns:
+      `[..., V]` mixed logits.
+    """
+    w = normalize_head_weights(weights).astype(head_logits.dtype)
+    return jnp.tensordot(w, head_logits, axes=1)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _noisy_copies(base, key, noise_std, num_heads, dtype):
+    base = base.astype(jnp.float32)
+    noise = noise_std * jax.random.normal(key, (num_heads, *base.shape), jnp.float32)
+    return (base[None] + noise).astype(dtype)
+
+
+class MultiLMHead(nnx.Module):
+    """H action LM heads `[H, E, V]` sharing one trunk (MAH-DPO).
+
+    Each head starts as the base LM head plus N(0, noise_std^2) noise so the heads can
+    specialise; the reference model keeps the unperturbed base head (`reference_weights`).
+    """
+
+    def __init__(self, base_weight: jax.Array, num_heads: int, *, rngs: nnx.Rngs,
+                 noise_std: float = 1e-3, param_dtype=None):
+        dtype = jnp.dtype(param_dtype or base_weight.dtype)
+        weight = _noisy_copies(base_weight, rngs.params(), noise_std, num_heads, dtype)
+        self.weight = param(weight, (None, "embed", "vocab"))
+
+    @property
+    def num_heads(self) -> int:
+        return self.weight.get_value().shape[0]
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        """`[B, S, E]` hidden -> `[H, B, S, V]` float32 logits (small shapes only)."""
+        w = self.weight[...].astype(hidden.dtype)
+        return jnp.einsum("bse,hev->hbsv", hidden, w, preferred_element_type=jnp.float32)
+
+    def mixed_weight(self, weights: jax.Array) -> jax.Array:
+        """`[E, V]` head whose logits equal `mix_head_logits` (logits are linear in W)."""
+        w = normalize_head_weights(weights)
+        return jnp.tensordot(w, self.weight[...].astype(jnp.float32), axes=1)
+
+    def mixed_logits(self, hidden: jax.Array, weights: jax.Array) -> jax.Array:
+        """`[B, S, E]` hidden, `[H]` weights -> `[B, S, V]` float32 mixed logits."""
+        w = self.mixed_weight(weights).astype(hidden.dtype)
+        return jnp.einsum("bse,ev->bsv", hidden, w, preferred_element_type=jnp.float32)
+
+
+def reference_weights(base_weight: jax.Array, num_heads: int) -> jax.Array:
+    """`[H, E, V]` unperturbed copies of the base head (the MAH-DPO reference)."""
+    return jnp.broadcast_to(base_weight, (num_heads, *base_weight.shape))
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def multi_head_token_logps(hidden, head_weights, targets, mask=None, *, chunk_size: int = 128,
+                           temperature: float = 1.0) -> jax.Array:
+    """Chunked per-token log-probs under each of H heads.
+
+    Args:
+      hidden: `[B, T, E]` shared trunk states; head_weights: `[H, E, V]`.
+      targets, mask: `[B, T]`.
+    Returns:
+      `[H, B, T]` float32 log-probs (0 where masked), as the MAH-DPO losses take them.
+    """
+    fn = lambda w: token_logps(hidden, w, targets, mask, chunk_size=chunk_size,
+                               temperature=temperature)
+    return jax.lax.map(fn, head_weights)
