@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import sys
 import traceback
 
 import ml_collections
@@ -35,6 +36,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_name = "alignax_config_" + os.path.splitext(os.path.basename(path))[0]
     spec_obj = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec_obj)
+    # Configs may import their neighbours (`import common`).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     try:
         spec_obj.loader.exec_module(module)
     except Exception as e:  # a config file is user code: report where it broke, in one line
@@ -42,6 +45,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
                       if os.path.abspath(f.filename) == os.path.abspath(path)), None)
         where = f"{path}:{frame.lineno}" if frame else path
         raise ConfigError(f"{where}: {type(e).__name__}: {e}") from None
+    finally:
+        sys.path.pop(0)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config(variant) function")
     try:

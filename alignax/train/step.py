@@ -1,0 +1,132 @@
+"""`make_train_step`: one pure, jitted, sharded update step from an objective and an optimizer.
+
+The objective is where model meets loss (`train/objectives.py`):
+
+    def objective(params, batch, rng, *, ref_params=None) -> (loss, metrics):
+        model = nnx.merge(graphdef, params)          # graphdef closed over
+        ...
+        return loss, {"rewards/margins": ...}
+
+It must be a pure function of its arguments; `ref_params` is passed only when the state holds
+a frozen reference. The step is jitted once with the state's shardings in and out, the batch
+sharded over the data-parallel axes, and the old state donated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from alignax import sharding as sh
+from alignax.train.state import TrainState
+
+Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def _split_microbatches(x: jax.Array, num_microbatches: int) -> jax.Array:
+    """`[B, ...] -> [M, B / M, ...]`, micro-batch `i` = rows `i, i + M, i + 2M, ...`.
+
+    Strided rather than contiguous: every device keeps its own rows (each micro-batch stays
+    spread over all data-parallel devices), so the split moves no data.
+    """
+    b = x.shape[0]
+    return jnp.swapaxes(x.reshape(b // num_microbatches, num_microbatches, *x.shape[1:]), 0, 1)
+
+
+def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, mesh: Mesh,
+                    state_shardings: TrainState, num_microbatches: int = 1,
+                    rules: sh.Rules | None = None, donate: bool = True,
+                    learning_rate_fn: optax.Schedule | None = None
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds `step(state, batch) -> (state, metrics)`, jitted once with shardings.
+
+    Gradient accumulation: with `num_microbatches=M` the batch `[B, ...]` is split into `M`
+    micro-batches of `B / M` rows, scanned with `lax.scan` inside the jitted step; gradients,
+    loss and metrics are averaged over micro-batches. For an objective that averages over its
+    batch this equals one step on the whole batch (up to float rounding) at `1 / M` of the
+    activation memory.
+
+    Args:
+      objective: `(params, batch, rng, *, ref_params=None) -> (loss [], metrics {name: []})`;
+        `rng` is a typed key (`jax.random.key`), fresh every step (and micro-batch).
+      tx: the optax transformation the state was initialised with.
+      mesh: the mesh; the step runs under `jax.set_mesh(mesh)` so `constrain` works inside.
+      state_shardings: from `init_train_state` / `train_state_shardings`.
+      num_microbatches: `M`, gradient-accumulation steps per update.
+      rules: logical-axis rules for the batch; defaults to `sharding.current_rules()`.
+      donate: donate the input state's buffers (the caller must not reuse it).
+      learning_rate_fn: if given, `metrics["learning_rate"]` logs it.
+    Returns:
+      `step(state, batch)`: `batch` a pytree of `[B, ...]` arrays (numpy on one process; global
+      `jax.Array`s from `sharding.host_local_to_global` on several). Metrics always include
+      `loss` and `grad_norm` (before clipping). `step.jitted` is the underlying jitted function.
+    """
+    if num_microbatches < 1:
+        raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = sh.batch_sharding(mesh, rules=rules)
+    micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_sharding.spec))
+
+    def loss_fn(params, batch, rng, ref_params):
+        kwargs = {} if ref_params is None else {"ref_params": ref_params}
+        return objective(params, batch, rng, **kwargs)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def loss_and_grads(params, batch, rng, ref_params):
+        if num_microbatches == 1:
+            return grad_fn(params, batch, rng, ref_params)
+        micro = jax.tree.map(
+            lambda x: jax.lax.with_sharding_constraint(
+                _split_microbatches(x, num_microbatches), micro_sharding), batch)
+        first = jax.tree.map(lambda x: x[0], micro)
+        # Sums in float32 at least: integer or boolean metrics would not average.
+        zeros = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)),
+            jax.eval_shape(grad_fn, params, first, rng, ref_params))
+
+        def body(total, xs):
+            i, batch_i = xs
+            out = grad_fn(params, batch_i, jax.random.fold_in(rng, i), ref_params)
+            total = jax.tree.map(lambda t, o: t + o.astype(t.dtype), total, out)
+            (_, _), grads = total
+            grads = jax.lax.with_sharding_constraint(grads, state_shardings.params)
+            return (total[0], grads), None
+
+        total, _ = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), micro))
+        return jax.tree.map(lambda x: x / num_microbatches, total)
+
+    def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+        ref_params = state.ref_params
+        if ref_params is not None:
+            ref_params = jax.lax.stop_gradient(ref_params)
+        (loss, metrics), grads = loss_and_grads(state.params, batch, step_rng, ref_params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = learning_rate_fn(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  rng=jax.random.key_data(rng))
+        return new_state, metrics
+
+    jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                     out_shardings=(state_shardings, replicated),
+                     donate_argnums=(0,) if donate else ())
+
+    def run(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        leaves = jax.tree.leaves(batch)
+        if leaves:
+            sh.check_batch_size(leaves[0].shape[0], mesh=mesh,
+                                num_microbatches=num_microbatches, rules=rules)
+        with jax.set_mesh(mesh):
+            return jitted(state, batch)
+
+    run.jitted = jitted
+    return run

@@ -1,0 +1,17 @@
+r"""KTO on unpaired desirable / undesirable arithmetic answers.
+
+alignax train --config experiments/configs/kto.py:smoke --workdir runs/kto
+Expected: see experiments/README.md.
+"""
+
+import common
+
+
+def get_config(variant: str = "default"):
+    c = common.base()
+    c.algorithm = "kto"
+    c.loss = dict(name="kto", beta=0.1, desirable_weight=1.0, undesirable_weight=1.0)
+    c.optim.learning_rate = 5e-4
+    if variant == "smoke":
+        common.smoke(c)
+    return c

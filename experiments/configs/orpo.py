@@ -1,0 +1,17 @@
+r"""ORPO (NLL + odds-ratio term, no reference) on the synthetic arithmetic pairs.
+
+alignax train --config experiments/configs/orpo.py:smoke --workdir runs/orpo
+Expected: see experiments/README.md.
+"""
+
+import common
+
+
+def get_config(variant: str = "default"):
+    c = common.base()
+    c.algorithm = "orpo"
+    c.loss = dict(name="orpo", beta=0.1, nll_weight=1.0)
+    c.optim.learning_rate = 1e-3
+    if variant == "smoke":
+        common.smoke(c)
+    return c

@@ -1,0 +1,21 @@
+r"""SFT of a tiny Llama-shaped model on the synthetic arithmetic task (`a+b=` -> answer).
+
+alignax train --config experiments/configs/sft.py:smoke --workdir runs/sft
+Expected: see experiments/README.md (measured on the 2-core CPU machine).
+"""
+
+import common
+
+
+def get_config(variant: str = "default"):
+    c = common.base()
+    c.algorithm = "sft"
+    c.loss = dict(name="nll")
+    c.data.error_rate = 0.0
+    c.optim.learning_rate = 3e-3
+    c.train.steps = 600
+    if variant == "noisy":      # label noise: the starting point of the DPO demo
+        c.data.error_rate = 0.3
+    if variant == "smoke":
+        common.smoke(c)
+    return c
