@@ -27,7 +27,7 @@ $(STAMP): setup.py | $(PY)
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/alignax demo
+	$(VENV)/bin/alignax demo --workdir runs/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check alignax tests experiments benchmarks

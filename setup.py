@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # Local Hugging Face checkpoints and tokenizers (no hub access at run time).
     "hf": ["safetensors>=0.4", "tokenizers>=0.20"],
+    # Training-curve plots (`alignax demo`).
+    "plot": ["matplotlib>=3.7"],
     # Parquet preference / SFT files.
     "parquet": ["pyarrow>=14"],
     # Preference data stored as TFDS array_record, read with grain (no TensorFlow).
@@ -34,6 +36,7 @@ EXTRAS = {
         "safetensors>=0.4",
         "tokenizers>=0.20",
         "pyarrow>=14",
+        "matplotlib>=3.7",
     ],
 }
 

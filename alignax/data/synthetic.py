@@ -29,31 +29,39 @@ def problems(n: int, *, seed: int, max_operand: int = 50, ops: str = "+") -> lis
     return out
 
 
-def _wrong(answer: str, rng) -> str:
-    delta = int(rng.choice([-10, -2, -1, 1, 2, 10]))
-    return str(int(answer) + delta)
+ERROR_OFFSETS = (-10, -2, -1, 1, 2, 10)
 
 
-def sft_examples(n: int, *, seed: int, error_rate: float = 0.0, **kw) -> list[SFT]:
-    """SFT rows; a fraction `error_rate` of them carry a wrong answer (label noise)."""
+def _wrong(answer: str, rng, offsets=ERROR_OFFSETS) -> str:
+    return str(int(answer) + int(rng.choice(offsets)))
+
+
+def sft_examples(n: int, *, seed: int, error_rate: float = 0.0,
+                 error_offsets=ERROR_OFFSETS, **kw) -> list[SFT]:
+    """SFT rows; a fraction `error_rate` carry a wrong answer (answer + one of `error_offsets`).
+
+    `error_offsets=(1,)` models a systematic annotator error (always one too many) that SFT
+    learns and preference data can correct.
+    """
     rng = np.random.default_rng([seed, 1])
-    return [SFT(p, _wrong(a, rng) if rng.random() < error_rate else a)
+    return [SFT(p, _wrong(a, rng, error_offsets) if rng.random() < error_rate else a)
             for p, a in problems(n, seed=seed, **kw)]
 
 
-def preference_pairs(n: int, *, seed: int, **kw) -> list[Pair]:
+def preference_pairs(n: int, *, seed: int, error_offsets=ERROR_OFFSETS, **kw) -> list[Pair]:
     """Pairs with the correct answer chosen and a nearby wrong answer rejected."""
     rng = np.random.default_rng([seed, 2])
-    return [Pair(p, a, _wrong(a, rng)) for p, a in problems(n, seed=seed, **kw)]
+    return [Pair(p, a, _wrong(a, rng, error_offsets)) for p, a in problems(n, seed=seed, **kw)]
 
 
-def unpaired_examples(n: int, *, seed: int, **kw) -> list[Unpaired]:
+def unpaired_examples(n: int, *, seed: int, error_offsets=ERROR_OFFSETS,
+                      **kw) -> list[Unpaired]:
     """KTO rows: half correct (desirable), half wrong (undesirable)."""
     rng = np.random.default_rng([seed, 3])
     out = []
     for i, (p, a) in enumerate(problems(n, seed=seed, **kw)):
         good = i % 2 == 0
-        out.append(Unpaired(p, a if good else _wrong(a, rng), good))
+        out.append(Unpaired(p, a if good else _wrong(a, rng, error_offsets), good))
     return out
 
 

@@ -53,13 +53,17 @@ ALGORITHMS = {
     "kto": Algorithm("kto", "unpaired", True),
 }
 
+def _task_kwargs(c) -> dict:
+    offsets = tuple(c.get("error_offsets", ()) or ()) or D.synthetic.ERROR_OFFSETS
+    return dict(max_operand=c.max_operand, error_offsets=offsets)
+
+
 _SYNTHETIC = {
     "sft": lambda n, seed, c: D.synthetic.sft_examples(n, seed=seed, error_rate=c.error_rate,
-                                                       max_operand=c.max_operand),
-    "pairs": lambda n, seed, c: D.synthetic.preference_pairs(n, seed=seed,
-                                                             max_operand=c.max_operand),
+                                                       **_task_kwargs(c)),
+    "pairs": lambda n, seed, c: D.synthetic.preference_pairs(n, seed=seed, **_task_kwargs(c)),
     "unpaired": lambda n, seed, c: D.synthetic.unpaired_examples(n, seed=seed,
-                                                                 max_operand=c.max_operand),
+                                                                 **_task_kwargs(c)),
 }
 
 

@@ -10,11 +10,12 @@ def base() -> ml_collections.ConfigDict:
     c.model = dict(name="llama", path="", tokenizer="byte", dtype="float32",
                    param_dtype="float32", remat="none", overrides={})
     c.reference = dict(dtype="")  # "" = same as the policy; "bfloat16" halves its memory
-    # `path` = a local JSONL/Parquet file; empty = the built-in arithmetic task.
+    # `path` = a local JSONL/Parquet file; empty = the built-in arithmetic task, whose wrong
+    # answers are `answer + offset` (offset 1: a systematic annotator error).
     c.data = dict(path="", eval_path="", eval_fraction=0.05, format="auto", on_error="raise",
-                  task="arithmetic", num_train=2048, num_eval=256, max_operand=50,
-                  error_rate=0.0, max_prompt_length=8, max_completion_length=6, buckets=(),
-                  objectives=())
+                  task="arithmetic", num_train=4096, num_eval=256, max_operand=20,
+                  error_rate=0.0, error_offsets=(1,), max_prompt_length=8,
+                  max_completion_length=6, buckets=(), objectives=())
     c.loss = dict(name="sigmoid", beta=0.1)
     c.optim = dict(name="adamw", learning_rate=1e-3, warmup_steps=10, decay="cosine",
                    weight_decay=0.0, max_grad_norm=1.0)

@@ -11,7 +11,7 @@ def get_config(variant: str = "default"):
     c = common.base()
     c.algorithm = "kto"
     c.loss = dict(name="kto", beta=0.1, desirable_weight=1.0, undesirable_weight=1.0)
-    c.optim.learning_rate = 5e-4
+    c.optim.learning_rate = 1e-5
     if variant == "smoke":
         common.smoke(c)
     return c

@@ -11,7 +11,7 @@ def get_config(variant: str = "default"):
     c = common.base()
     c.algorithm = "orpo"
     c.loss = dict(name="orpo", beta=0.1, nll_weight=1.0)
-    c.optim.learning_rate = 1e-3
+    c.optim.learning_rate = 1e-5
     if variant == "smoke":
         common.smoke(c)
     return c

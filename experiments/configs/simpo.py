@@ -11,7 +11,7 @@ def get_config(variant: str = "default"):
     c = common.base()
     c.algorithm = "simpo"
     c.loss = dict(name="simpo", beta=2.0, gamma=1.0, nll_weight=0.0)
-    c.optim.learning_rate = 5e-4
+    c.optim.learning_rate = 1e-5
     if variant == "smoke":
         common.smoke(c)
     return c
