@@ -31,15 +31,21 @@ def sft_export(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dpo", "simpo", "orpo", "kto"])
+@pytest.mark.parametrize("name", ["dpo", "simpo", "orpo", "kto", "reward_model"])
 def test_smoke_configs_run_from_sft(name, sft_export, tmp_path):
     summary = loop.run(_cfg(name, f"--config.model.path={sft_export}"), str(tmp_path),
                        log=lambda *_: None)
     rows = metrics.read_metrics(str(tmp_path))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) for r in rows)
-    assert "eval/task_accuracy" in rows[-1] and "task_accuracy" in summary["eval_after"]
-    if name != "kto":
+    if name == "reward_model":
+        assert {"accuracy", "margin", "eval/accuracy"} <= set(rows[-1])
+        from alignax.models.reward_model import load_reward_model
+
+        load_reward_model(summary["hf_export"])
+    else:
+        assert "eval/task_accuracy" in rows[-1] and "task_accuracy" in summary["eval_after"]
+    if name in ("dpo", "simpo", "orpo"):
         assert "rewards/margins" in rows[-1] and "logps/chosen" in rows[-1]
     for f in ("config.json", "summary.json", "checkpoints", "tensorboard", "hf/config.json"):
         assert os.path.exists(tmp_path / f), f

@@ -1,4 +1,4 @@
-"""The offline training loop behind `alignax train`: SFT, DPO family, SimPO/CPO/ORPO, KTO.
+"""The offline training loop behind `alignax train`: SFT, RM, DPO family, SimPO/CPO/ORPO, KTO.
 
 config -> tokenizer, model, data -> sharded train state (resumed from the latest checkpoint in
 the workdir if any) -> jitted step -> metrics.jsonl / TensorBoard / progress -> eval every N
@@ -26,6 +26,7 @@ from alignax import data as D
 from alignax import metrics as M
 from alignax import sharding as sh
 from alignax.models import from_hf, init_model, load_tokenizer, tiny_config, to_hf
+from alignax.models.reward_model import RewardModel, save_reward_model
 from alignax.sampling import completions_text, generate
 from alignax.train import objectives as O
 from alignax.train.optim import optimizer_from_config, schedule_from_config
@@ -42,6 +43,7 @@ class Algorithm:
     objective: str          # key of objectives.OBJECTIVES
     data_kind: str          # "sft", "pairs" or "unpaired"
     reference: bool         # needs a frozen reference
+    reward_model: bool = False  # trains a trunk + reward head instead of an LM
 
 
 ALGORITHMS = {
@@ -51,6 +53,7 @@ ALGORITHMS = {
     "cpo": Algorithm("reference_free", "pairs", False),
     "orpo": Algorithm("reference_free", "pairs", False),
     "kto": Algorithm("kto", "unpaired", True),
+    "reward_model": Algorithm("reward", "pairs", False, reward_model=True),
 }
 
 def _task_kwargs(c) -> dict:
@@ -127,6 +130,8 @@ def _objective(cfg, alg: Algorithm, graphdef):
         return O.dpo_objective(graphdef, loss_types=types, chunk_size=chunk, **loss)
     if alg.objective == "reference_free":
         return O.reference_free_objective(graphdef, loss=name, chunk_size=chunk, **loss)
+    if alg.objective == "reward":
+        return O.reward_objective(graphdef, **loss)
     if alg.objective == "kto":
         if name != "kto":
             raise ValueError(f"config field 'loss.name': KTO supports 'kto', got {name!r}")
@@ -190,6 +195,8 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
                          process_count=batch_size // n_local)
 
     model = build_model(cfg)
+    if alg.reward_model:
+        model = RewardModel(model, rngs=nnx.Rngs(cfg.train.seed))
     graphdef, params0 = nnx.split(model)
     steps = cfg.train.steps
     optim = dict(cfg.optim)
@@ -223,7 +230,8 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     writer = M.MetricsWriter(workdir, resume_step=start)
     progress = M.Progress(steps, every=int(cfg.train.get("log_every", 10)))
     eval_every = int(cfg.train.get("eval_every", 0) or 0)
-    task_eval = not cfg.data.get("path") and alg.data_kind in ("sft", "pairs", "unpaired")
+    task_eval = (not cfg.data.get("path") and not alg.reward_model
+                 and alg.data_kind in ("sft", "pairs", "unpaired"))
 
     def evaluate(st) -> dict[str, float]:
         out: dict[str, list] = {}
@@ -289,7 +297,8 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
                                  if k.startswith("eval/")} if start < steps else evaluate(state)
     if cfg.train.get("export_hf", True):
         export = os.path.join(workdir, "hf")
-        to_hf(nnx.merge(graphdef, jax.device_get(state.params)), export)
+        trained = nnx.merge(graphdef, jax.device_get(state.params))
+        (save_reward_model if alg.reward_model else to_hf)(trained, export)
         summary["hf_export"] = export
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)

@@ -226,7 +226,31 @@ def kto_objective(graphdef, *, beta: float = 0.1, desirable_weight: float = 1.0,
     return objective
 
 
+def reward_objective(graphdef, *, center_rewards_coefficient: float | None = None,
+                     chunk_size: int = 128) -> Objective:
+    """Reward model: Bradley-Terry on the scores of chosen vs rejected (TRL RewardTrainer).
+
+    The model is a `RewardModel` (trunk + `RewardHead`); one `[2B, S]` forward scores both.
+    An optional `batch["margin"]` `[B]` is subtracted from the score difference.
+    """
+    del chunk_size
+
+    def objective(params, batch, rng, *, ref_params=None):
+        del rng, ref_params
+        rm = nnx.merge(graphdef, params)
+        b, two, s = batch["input_ids"].shape
+        scores = rm(batch["input_ids"].reshape(b * two, s),
+                    batch["attention_mask"].reshape(b * two, s)).reshape(b, two)
+        per_pair = losses.bradley_terry_loss(
+            scores[:, 0], scores[:, 1], margin=batch.get("margin"),
+            center_rewards_coefficient=center_rewards_coefficient)
+        return jnp.mean(per_pair), losses.reward_metrics(scores[:, 0], scores[:, 1])
+
+    return objective
+
+
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
+    "reward": reward_objective,
     "sft": sft_objective,
     "dpo": dpo_objective,
     "reference_free": reference_free_objective,
