@@ -95,3 +95,37 @@ def test_cli_bad_data_names_file_and_line(tmp_path):
                str(tmp_path / "w"), "--config.train.batch_size=0")
     assert out.returncode == 2 and "'train.batch_size' must be a positive integer" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_precomputed_reference_matches_in_step_reference(tmp_path):
+    # Same data, same start: caching the reference's log-probs changes no number (beyond
+    # float32 reassociation), and a second run reuses the cache file.
+    base = ("--config.train.eval_every=0", "--config.train.export_hf=False")
+    in_step = str(tmp_path / "in_step")
+    loop.run(_cfg("dpo", *base), in_step, log=lambda *_: None)
+    cache = str(tmp_path / "cache")
+    pre = ("--config.reference.precompute=True", f"--config.reference.cache_dir={cache}")
+    logs = []
+    loop.run(_cfg("dpo", *base, *pre), str(tmp_path / "pre1"), log=logs.append)
+    loop.run(_cfg("dpo", *base, *pre), str(tmp_path / "pre2"), log=logs.append)
+    assert any("computed" in m for m in logs) and any("reusing" in m for m in logs)
+    assert len(os.listdir(cache)) == 2  # one file for the train rows, one for the eval rows
+    a = metrics.read_metrics(in_step)
+    b = metrics.read_metrics(str(tmp_path / "pre2"))
+    np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
+    np.testing.assert_allclose([r["rewards/margins"] for r in a],
+                               [r["rewards/margins"] for r in b], atol=1e-6)
+    with pytest.raises(ValueError, match="only the DPO family can precompute"):
+        loop.run(_cfg("kto", *base, *pre), str(tmp_path / "kto"), log=lambda *_: None)
+
+
+def test_ref_cache_fingerprint_sees_data_weights_and_settings():
+    from alignax.train import ref_cache
+
+    rows = [{"prompt": [1, 2], "chosen": [3], "rejected": [4]}]
+    params = {"w": np.ones((2, 2), np.float32)}
+    key = ref_cache.fingerprint(rows, params)
+    assert key == ref_cache.fingerprint(rows, {"w": np.ones((2, 2), np.float32)})
+    assert key != ref_cache.fingerprint([dict(rows[0], rejected=[5])], params)
+    assert key != ref_cache.fingerprint(rows, {"w": np.full((2, 2), 1.5, np.float32)})
+    assert key != ref_cache.fingerprint(rows, params, extra={"ld_alpha": 0.5})

@@ -29,6 +29,7 @@ from alignax.models import from_hf, init_model, load_tokenizer, tiny_config, to_
 from alignax.models.reward_model import RewardModel, save_reward_model
 from alignax.sampling import completions_text, generate
 from alignax.train import objectives as O
+from alignax.train import ref_cache
 from alignax.train.optim import optimizer_from_config, schedule_from_config
 from alignax.train.state import abstract_train_state, init_train_state
 from alignax.train.step import make_train_step
@@ -202,8 +203,24 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     optim = dict(cfg.optim)
     tx = optimizer_from_config(optim, total_steps=steps)
     lr_fn = schedule_from_config(optim, total_steps=steps)
-    ref_dtype = cfg.get("reference", {}).get("dtype") or None
-    state_kw = dict(mesh=mesh, reference="copy" if alg.reference else None,
+    ref_cfg = dict(cfg.get("reference", {}) or {})
+    ref_dtype = ref_cfg.get("dtype") or None
+    precompute = alg.reference and bool(ref_cfg.get("precompute", False))
+    if precompute:
+        if alg.objective != "dpo":
+            raise ValueError("config field 'reference.precompute': only the DPO family can "
+                             f"precompute reference log-probs, not {cfg.algorithm!r}")
+        ref_fn = jax.jit(O.reference_logps_fn(graphdef, chunk_size=int(cfg.train.get(
+            "logits_chunk", 128)), ld_alpha=cfg.loss.get("ld_alpha")))
+        cache_kw = dict(cache_dir=ref_cfg.get("cache_dir") or os.path.join(workdir, "ref_cache"),
+                        pad_id=tokenizer.pad_id, buckets=it.buckets, batch_size=batch_size,
+                        extra={"ld_alpha": cfg.loss.get("ld_alpha")}, log=log)
+        rows = ref_cache.attach(rows, ref_cache.cached_ref_logps(ref_fn, params0, rows,
+                                                                 **cache_kw))
+        eval_rows = ref_cache.attach(eval_rows, ref_cache.cached_ref_logps(
+            ref_fn, params0, eval_rows, **cache_kw)) if eval_rows else eval_rows
+        it.rows = rows
+    state_kw = dict(mesh=mesh, reference="copy" if alg.reference and not precompute else None,
                     ref_dtype=jnp.dtype(ref_dtype) if ref_dtype else None)
     manager = ckpt.checkpoint_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                       every_steps=cfg.checkpoint.every_steps,

@@ -9,7 +9,9 @@ def base() -> ml_collections.ConfigDict:
     # A named tiny architecture trained from scratch, or `path` = a local HF directory.
     c.model = dict(name="llama", path="", tokenizer="byte", dtype="float32",
                    param_dtype="float32", remat="none", overrides={})
-    c.reference = dict(dtype="")  # "" = same as the policy; "bfloat16" halves its memory
+    # dtype "" = as the policy ("bfloat16" halves its memory); precompute=True scores the data
+    # with the reference once, caches it on disk under a fingerprint, and drops the copy.
+    c.reference = dict(dtype="", precompute=False, cache_dir="")
     # `path` = a local JSONL/Parquet file; empty = the built-in arithmetic task, whose wrong
     # answers are `answer + offset` (offset 1: a systematic annotator error).
     c.data = dict(path="", eval_path="", eval_fraction=0.05, format="auto", on_error="raise",
