@@ -21,7 +21,7 @@ $(PY):
 # build. It is a test-only oracle, never a runtime dependency of alignax.
 $(STAMP): setup.py | $(PY)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,hf]"
+	$(PIP) install -q -e ".[test,hf,tfds]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -24,7 +24,9 @@ EXTRAS = {
     # Parquet preference / SFT files.
     "parquet": ["pyarrow>=14"],
     # Preference data stored as TFDS array_record, read with grain (no TensorFlow).
-    "tfds": ["tensorflow-datasets>=4.9.8", "array-record>=0.7", "grain>=0.2.10"],
+    # (tfds resolves dataset code paths through importlib_resources without declaring it.)
+    "tfds": ["tensorflow-datasets>=4.9.8", "array-record>=0.7", "grain>=0.2.10",
+             "importlib-resources>=6"],
     # Test-only oracles (torch CPU is installed first by the Makefile) and tools.
     "test": [
         "pytest>=8.0",

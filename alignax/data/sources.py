@@ -63,7 +63,12 @@ SOURCES = {".jsonl": read_jsonl, ".json": read_jsonl, ".parquet": read_parquet}
 
 
 def read_records(path: str, *, policy: ErrorPolicy | None = None) -> list[tuple[Where, dict]]:
-    """All records of a local file, chosen by extension (`.jsonl`, `.json`, `.parquet`)."""
+    """All records of a local file, chosen by extension (`.jsonl`, `.json`, `.parquet`), or of
+    a TFDS array_record dataset written as `tfds:NAME[/SPLIT]@DATA_DIR`."""
+    if path.startswith("tfds:"):
+        from alignax.data import tfds
+
+        return list(tfds.records_from(path))
     if not os.path.exists(path):
         raise DataError("no such file", path=path)
     ext = os.path.splitext(path)[1].lower()
