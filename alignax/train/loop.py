@@ -10,6 +10,7 @@ The loop reads the config; everything it calls takes keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -71,10 +72,19 @@ _SYNTHETIC = {
 }
 
 
+# Algorithms whose trainer lives in its own module: name -> "module:function", the function
+# taking (cfg, workdir, *, log) like `run`.
+RUNNERS: dict[str, str] = {
+    "mah_dpo": "alignax.train.multihead:run",
+    "dckd": "alignax.train.distill:run",
+    "adpa": "alignax.train.distill:run",
+}
+
+
 def algorithm_of(cfg) -> Algorithm:
     if cfg.algorithm not in ALGORITHMS:
-        raise ValueError(f"config field 'algorithm': unknown {cfg.algorithm!r}; offline "
-                         f"algorithms are {sorted(ALGORITHMS)}")
+        raise ValueError(f"config field 'algorithm': unknown {cfg.algorithm!r}; known: "
+                         f"{sorted(set(ALGORITHMS) | set(RUNNERS))}")
     return ALGORITHMS[cfg.algorithm]
 
 
@@ -170,6 +180,9 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
 
     Returns the summary written to `workdir/summary.json`.
     """
+    if cfg.algorithm in RUNNERS:  # algorithms with a trainer of their own
+        module, _, fn = RUNNERS[cfg.algorithm].partition(":")
+        return getattr(importlib.import_module(module), fn)(cfg, workdir, log=log)
     alg = algorithm_of(cfg)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
