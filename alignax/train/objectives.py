@@ -26,17 +26,21 @@ Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def shifted_token_logps(model, input_ids, attention_mask, completion_mask, *,
-                        chunk_size: int = 128, with_sq: bool = False):
+                        chunk_size: int = 128, with_sq: bool = False,
+                        right_padded: bool = True):
     """Per-token log-probs of each next token, masked to completion tokens.
 
     Args:
       model: an NNX `Transformer` (merged from params).
       input_ids, attention_mask, completion_mask: `[N, S]`.
+      right_padded: the batch pads on the right only (as `data.collate` does). Then causal
+        attention alone keeps every real position from seeing padding, so the mask is not
+        passed: the same numbers, and cuDNN can use its causal flash kernel.
     Returns:
       (token_logps `[N, S-1]` float32, mask `[N, S-1]` float32[, log_sum_sq_probs `[N, S-1]`]):
       position t scores token t+1; the mask is the completion mask shifted by one.
     """
-    hidden, _ = model.hidden_states(input_ids, attention_mask)
+    hidden, _ = model.hidden_states(input_ids, None if right_padded else attention_mask)
     targets = input_ids[:, 1:]
     mask = completion_mask[:, 1:].astype(jnp.float32)
     w = model.lm_head_weight()
