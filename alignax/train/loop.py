@@ -78,6 +78,7 @@ RUNNERS: dict[str, str] = {
     "mah_dpo": "alignax.train.multihead:run",
     "dckd": "alignax.train.distill:run",
     "adpa": "alignax.train.distill:run",
+    **{name: "alignax.train.online:run" for name in ("ppo", "grpo", "rloo", "grao")},
 }
 
 
@@ -175,6 +176,164 @@ def _eval_prompts(examples) -> list[str]:
 
 # ------------------------------------------------------------------------------- the loop
 
+# ------------------------------------------------------------------------------- trainer kit
+# Shared by this loop and the trainers of `RUNNERS` (MAH-DPO, DCKD/ADPA, online RL).
+
+def load_rows(cfg, tokenizer, build_examples_fn, *, log=print):
+    """Examples -> tokenised rows under `data.on_error` (skips counted and logged).
+
+    `build_examples_fn(policy) -> (train_examples, eval_examples)`.
+    Returns `(rows, eval_rows, eval_examples, limits)`.
+    """
+    policy = D.ErrorPolicy(cfg.data.get("on_error", "raise"))
+    train_ex, eval_ex = build_examples_fn(policy)
+    limits = D.Limits(cfg.data.max_prompt_length, cfg.data.max_completion_length)
+    rows = D.tokenize_examples(train_ex, tokenizer, limits, policy)
+    eval_rows = D.tokenize_examples(eval_ex, tokenizer, limits, policy)
+    if policy.num_skipped:
+        log(f"data: {policy.summary()}")
+    return rows, eval_rows, eval_ex, limits
+
+
+def batch_layout(cfg, mesh) -> tuple[int, int, int, int]:
+    """`(global batch size, micro-batches, process index, process count)` for the iterators.
+
+    Checks `train.batch_size` against the mesh and `train.grad_accum`; "process" here is this
+    host's slice of the global batch (one slice per process on a multi-host mesh).
+    """
+    batch_size = cfg.train.batch_size
+    micro = int(cfg.train.get("grad_accum", 1))
+    sh.check_batch_size(batch_size, mesh=mesh, num_microbatches=micro)
+    rows_slice = sh.process_batch_slice(batch_size, mesh=mesh)
+    n_local = rows_slice.stop - rows_slice.start
+    return batch_size, micro, rows_slice.start // n_local, batch_size // n_local
+
+
+def write_config(cfg, workdir: str) -> None:
+    """Creates `workdir` and writes the resolved config as `config.json`."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(cfg.to_json(indent=2))
+
+
+def write_summary(summary: dict[str, Any], workdir: str) -> dict[str, Any]:
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def checkpoint_manager_for(cfg, workdir: str):
+    return ckpt.checkpoint_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                   every_steps=cfg.checkpoint.every_steps,
+                                   keep=cfg.checkpoint.keep)
+
+
+def restore_or_init(manager, params0, tx, *, seed: int, workdir: str, log=print, **state_kw):
+    """The latest checkpoint in `manager` restored onto the mesh, else a fresh train state.
+
+    Returns `(state, shardings, start_step, data_state)`; `data_state` is the saved iterator
+    state (None for a fresh state).
+    """
+    if manager.latest_step() is None:
+        state, shardings = init_train_state(lambda: params0, tx, seed=seed, **state_kw)
+        return state, shardings, 0, None
+    target, shardings = abstract_train_state(lambda: params0, tx, **state_kw)
+    try:
+        restored = ckpt.restore_checkpoint(manager, target=target)
+    except ValueError as e:
+        raise TrainingError(f"{workdir}/checkpoints: {e}") from None
+    log(f"resumed from step {restored.step} in {workdir}")
+    return restored.state, shardings, restored.step, restored.data_state
+
+
+def eval_fn_for(objective):
+    """The objective jitted as `(state, batch) -> (loss, metrics)` for evaluation."""
+    return jax.jit(lambda st, b: objective(st.params, b, jax.random.PRNGKey(0),
+                                           **({"ref_params": st.ref_params}
+                                              if st.ref_params is not None else {})))
+
+
+def mean_eval_metrics(eval_fn, state, batches, num_batches: int, *, mesh) -> dict[str, float]:
+    """Mean of the loss and metrics of `eval_fn` over `num_batches` batches of `batches`."""
+    out: dict[str, list] = {}
+    for _ in range(num_batches):
+        with jax.set_mesh(mesh):
+            loss, mets = eval_fn(state, next(batches))
+        for k, v in dict(mets, loss=loss).items():
+            out.setdefault(k, []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def check_finite(loss: float, step: int, *, manager, workdir: str) -> None:
+    """Raises `TrainingError` naming the last good checkpoint when `loss` is NaN or inf."""
+    if math.isfinite(loss):
+        return
+    manager.wait_until_finished()
+    good = manager.latest_step()
+    raise TrainingError(f"loss is {loss} at step {step}; stopped, last good checkpoint: "
+                        f"{'none' if good is None else f'step {good}'} in {workdir}/checkpoints")
+
+
+def save_step(manager, guard, *, step: int, state, data_state: dict, config: dict,
+              final: bool, writer, log=print) -> bool:
+    """Checkpoints `step` (every N steps and the `final` one); on SIGTERM saves at once, closes
+    `writer` and returns True (the caller returns `{"preempted_at": step}`)."""
+    ckpt.save_checkpoint(manager, step=step, state=state, data_state=data_state,
+                         config=config, force=final)
+    if not guard.should_stop(step):
+        return False
+    ckpt.save_checkpoint(manager, step=step, state=state, data_state=data_state,
+                         config=config, force=True)
+    manager.wait_until_finished()
+    log(f"preempted: saved step {step}; rerun the same command to resume")
+    writer.close()
+    return True
+
+
+def train_steps(cfg, workdir: str, *, mesh, state, start: int, step_fn, it, manager,
+                evaluate=None, eval_every: int = 0, tokens_scale: int = 1, log=print,
+                batch_metrics=None, data_state=None) -> dict[str, Any]:
+    """Steps `start + 1 .. cfg.train.steps` of an offline trainer.
+
+    Each step: next batch -> (multi-host) global batch -> `step_fn` -> NaN stop -> metrics row
+    (+ `batch_metrics(host_batch)`, + `eval/...` every `eval_every` steps and at the end) ->
+    metrics.jsonl -> checkpoint (data position from `data_state()`, default `it.state_dict()`)
+    -> preemption save. Returns `{"preempted_at": step}` after a SIGTERM save, else
+    `{"state", "steps", "final_loss", "wall_seconds", "last_eval"}`.
+    """
+    steps = cfg.train.steps
+    data_state = data_state or it.state_dict
+    data_cfg = json.loads(cfg.to_json())
+    writer = M.MetricsWriter(workdir, resume_step=start)
+    progress = M.Progress(steps, every=int(cfg.train.get("log_every", 10)))
+    t0 = time.perf_counter()
+    last_loss, row = float("nan"), {}
+    with ckpt.PreemptionGuard() as guard:
+        for s in range(start + 1, steps + 1):
+            batch = next(it)
+            tokens = int(np.sum(batch["attention_mask"])) * tokens_scale
+            extra = batch_metrics(batch) if batch_metrics else {}
+            if jax.process_count() > 1:
+                batch = sh.host_local_to_global(batch, mesh=mesh)
+            state, mets = step_fn(state, batch)
+            loss = float(mets["loss"])
+            check_finite(loss, s, manager=manager, workdir=workdir)
+            last_loss = loss
+            row = {**{k: float(v) for k, v in mets.items()}, **extra}
+            row["tokens_per_second"] = progress.update(s, loss=loss, tokens=tokens)
+            if evaluate is not None and eval_every and (s % eval_every == 0 or s == steps):
+                row.update({f"eval/{k}": v for k, v in evaluate(state).items()})
+            writer.write(s, row)
+            if save_step(manager, guard, step=s, state=state, data_state=data_state(),
+                         config=data_cfg, final=s == steps, writer=writer, log=log):
+                return {"preempted_at": s}
+    manager.wait_until_finished()
+    writer.close()
+    return {"state": state, "steps": steps, "final_loss": last_loss,
+            "wall_seconds": time.perf_counter() - t0,
+            "last_eval": {k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")}}
+
+
 def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     """Trains as `cfg` says, in `workdir` (resuming there if it holds checkpoints).
 
@@ -184,29 +343,18 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
         module, _, fn = RUNNERS[cfg.algorithm].partition(":")
         return getattr(importlib.import_module(module), fn)(cfg, workdir, log=log)
     alg = algorithm_of(cfg)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(cfg.to_json(indent=2))
+    write_config(cfg, workdir)
 
     mesh = sh.make_mesh(dict(cfg.mesh))
     tokenizer = build_tokenizer(cfg)
-    policy = D.ErrorPolicy(cfg.data.get("on_error", "raise"))
-    train_ex, eval_ex = build_examples(cfg, alg.data_kind, policy)
-    limits = D.Limits(cfg.data.max_prompt_length, cfg.data.max_completion_length)
-    rows = D.tokenize_examples(train_ex, tokenizer, limits, policy)
-    eval_rows = D.tokenize_examples(eval_ex, tokenizer, limits, policy)
-    if policy.num_skipped:
-        log(f"data: {policy.summary()}")
-    batch_size = cfg.train.batch_size
-    micro = int(cfg.train.get("grad_accum", 1))
-    sh.check_batch_size(batch_size, mesh=mesh, num_microbatches=micro)
-    rows_slice = sh.process_batch_slice(batch_size, mesh=mesh)
-    n_local = rows_slice.stop - rows_slice.start
+    rows, eval_rows, eval_ex, limits = load_rows(
+        cfg, tokenizer, lambda policy: build_examples(cfg, alg.data_kind, policy), log=log)
+    batch_size, micro, proc_index, proc_count = batch_layout(cfg, mesh)
     buckets = tuple(cfg.data.get("buckets", ()) or ()) or None
     it = D.BatchIterator(rows, global_batch_size=batch_size, pad_id=tokenizer.pad_id,
                          max_length=limits.max_length, buckets=buckets, seed=cfg.train.seed,
-                         process_index=rows_slice.start // n_local,
-                         process_count=batch_size // n_local)
+                         process_index=proc_index,
+                         process_count=proc_count)
 
     model = build_model(cfg)
     if alg.reward_model:
@@ -233,49 +381,30 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
         eval_rows = ref_cache.attach(eval_rows, ref_cache.cached_ref_logps(
             ref_fn, params0, eval_rows, **cache_kw)) if eval_rows else eval_rows
         it.rows = rows
-    state_kw = dict(mesh=mesh, reference="copy" if alg.reference and not precompute else None,
-                    ref_dtype=jnp.dtype(ref_dtype) if ref_dtype else None)
-    manager = ckpt.checkpoint_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                      every_steps=cfg.checkpoint.every_steps,
-                                      keep=cfg.checkpoint.keep)
-    start = 0
-    if manager.latest_step() is not None:
-        target, shardings = abstract_train_state(lambda: params0, tx, **state_kw)
-        try:
-            restored = ckpt.restore_checkpoint(manager, target=target)
-        except ValueError as e:
-            raise TrainingError(f"{workdir}/checkpoints: {e}") from None
-        state, start = restored.state, restored.step
-        it.load_state_dict(restored.data_state)
-        log(f"resumed from step {start} in {workdir}")
-    else:
-        state, shardings = init_train_state(lambda: params0, tx, seed=cfg.train.seed, **state_kw)
+    manager = checkpoint_manager_for(cfg, workdir)
+    state, shardings, start, data_state = restore_or_init(
+        manager, params0, tx, seed=cfg.train.seed, workdir=workdir, log=log, mesh=mesh,
+        reference="copy" if alg.reference and not precompute else None,
+        ref_dtype=jnp.dtype(ref_dtype) if ref_dtype else None)
+    if data_state is not None:
+        it.load_state_dict(data_state)
 
     objective = _objective(cfg, alg, graphdef)
     step_fn = make_train_step(objective, tx, mesh=mesh, state_shardings=shardings,
                               num_microbatches=micro, learning_rate_fn=lr_fn)
-    eval_fn = jax.jit(lambda st, b: objective(st.params, b, jax.random.PRNGKey(0),
-                                              **({"ref_params": st.ref_params}
-                                                 if st.ref_params is not None else {})))
-    writer = M.MetricsWriter(workdir, resume_step=start)
-    progress = M.Progress(steps, every=int(cfg.train.get("log_every", 10)))
+    eval_fn = eval_fn_for(objective)
     eval_every = int(cfg.train.get("eval_every", 0) or 0)
     task_eval = (not cfg.data.get("path") and not alg.reward_model
                  and alg.data_kind in ("sft", "pairs", "unpaired"))
 
     def evaluate(st) -> dict[str, float]:
-        out: dict[str, list] = {}
-        n = max(1, min(len(eval_rows) // batch_size, int(cfg.train.get("eval_batches", 4))))
+        res: dict[str, float] = {}
         if len(eval_rows) >= batch_size:
             ev = D.BatchIterator(eval_rows, global_batch_size=batch_size,
                                  pad_id=tokenizer.pad_id, max_length=limits.max_length,
                                  buckets=buckets, shuffle=False)
-            for _ in range(n):
-                with jax.set_mesh(mesh):
-                    loss, mets = eval_fn(st, next(ev))
-                for k, v in dict(mets, loss=loss).items():
-                    out.setdefault(k, []).append(float(v))
-        res = {k: float(np.mean(v)) for k, v in out.items()}
+            n = max(1, min(len(eval_rows) // batch_size, int(cfg.train.get("eval_batches", 4))))
+            res = mean_eval_metrics(eval_fn, st, ev, n, mesh=mesh)
         if task_eval:
             model_now = nnx.merge(graphdef, st.params)
             res["task_accuracy"] = task_accuracy(
@@ -283,53 +412,23 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
                     "eval_prompts", 128))], max_new_tokens=cfg.data.max_completion_length)
         return res
 
-    data_cfg = json.loads(cfg.to_json())
-    history: dict[str, Any] = {}
+    summary: dict[str, Any] = {"algorithm": cfg.algorithm}
     if start == 0 and eval_every:
-        history["eval_before"] = evaluate(state)
-    t0 = time.perf_counter()
-    last_loss = float("nan")
-    with ckpt.PreemptionGuard() as guard:
-        for s in range(start + 1, steps + 1):
-            batch = next(it)
-            tokens = int(np.sum(batch["attention_mask"])) * (batch_size // n_local)
-            if jax.process_count() > 1:
-                batch = sh.host_local_to_global(batch, mesh=mesh)
-            state, mets = step_fn(state, batch)
-            loss = float(mets["loss"])
-            if not math.isfinite(loss):
-                manager.wait_until_finished()
-                good = manager.latest_step()
-                raise TrainingError(f"loss is {loss} at step {s}; stopped, last good checkpoint: "
-                                    f"{'none' if good is None else f'step {good}'} in "
-                                    f"{workdir}/checkpoints")
-            last_loss = loss
-            row = {k: float(v) for k, v in mets.items()}
-            row["tokens_per_second"] = progress.update(s, loss=loss, tokens=tokens)
-            if eval_every and (s % eval_every == 0 or s == steps):
-                row.update({f"eval/{k}": v for k, v in evaluate(state).items()})
-            writer.write(s, row)
-            ckpt.save_checkpoint(manager, step=s, state=state, data_state=it.state_dict(),
-                                 config=data_cfg, force=s == steps)
-            if guard.should_stop(s):
-                ckpt.save_checkpoint(manager, step=s, state=state, data_state=it.state_dict(),
-                                     config=data_cfg, force=True)
-                manager.wait_until_finished()
-                log(f"preempted: saved step {s}; rerun the same command to resume")
-                writer.close()
-                return {"preempted_at": s}
-    manager.wait_until_finished()
-    writer.close()
-    summary = {"algorithm": cfg.algorithm, "steps": steps, "final_loss": last_loss,
-               "wall_seconds": time.perf_counter() - t0, **history}
+        summary["eval_before"] = evaluate(state)
+    result = train_steps(cfg, workdir, mesh=mesh, state=state, start=start, step_fn=step_fn,
+                         it=it, manager=manager, evaluate=evaluate, eval_every=eval_every,
+                         tokens_scale=proc_count, log=log)
+    if "preempted_at" in result:
+        return result
+    state, last_eval = result.pop("state"), result.pop("last_eval")
+    summary = {"algorithm": cfg.algorithm, "steps": result["steps"],
+               "final_loss": result["final_loss"], "wall_seconds": result["wall_seconds"],
+               **{k: v for k, v in summary.items() if k != "algorithm"}}
     if eval_every:
-        summary["eval_after"] = {k[len("eval/"):]: v for k, v in row.items()
-                                 if k.startswith("eval/")} if start < steps else evaluate(state)
+        summary["eval_after"] = last_eval if start < steps else evaluate(state)
     if cfg.train.get("export_hf", True):
         export = os.path.join(workdir, "hf")
         trained = nnx.merge(graphdef, jax.device_get(state.params))
         (save_reward_model if alg.reward_model else to_hf)(trained, export)
         summary["hf_export"] = export
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+    return write_summary(summary, workdir)
