@@ -51,3 +51,24 @@ def test_dpo_throughput_tiny_writes_sane_json(tmp_path):
     # and the loss log 2; bf16 compute rounds both forwards alike.
     assert r["loss_first"] == pytest.approx(math.log(2.0), abs=1e-3)
     assert math.isfinite(r["loss_last"])
+
+
+@pytest.mark.slow
+def test_sampler_throughput_tiny_writes_sane_json(tmp_path):
+    out = tmp_path / "sampler.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/sampler_throughput.py", "--tiny", "--json", str(out)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "decode new tokens/s" in proc.stdout and "roofline" in proc.stdout
+    r = json.loads(out.read_text())
+    # --tiny: 4 prompts x 8 new tokens, no stop token: every row decodes all of them.
+    assert r["rows"] == 4 and r["generated_tokens"] == 4 * 8
+    for key in ("compile_s", "generate_s", "decode_s", "new_tokens_per_s",
+                "bandwidth_bytes_per_s", "roofline_tokens_per_s", "roofline_fraction"):
+        assert math.isfinite(r[key]) and r[key] > 0, (key, r[key])
+    assert r["new_tokens_per_s"] == pytest.approx(32 / r["generate_s"])
+    # bf16 weights: 2 bytes per parameter; a step reads all but the unused embedding rows.
+    assert 0 < r["weight_bytes_per_step"] < r["param_bytes"]
+    # KV read per step, by hand: L=2, K=2, D=16, k and v, bf16; mean length 8 + 4.5 slots.
+    assert r["kv_bytes_per_step"] == pytest.approx(4 * (8 + 4.5) * 2 * 2 * 16 * 2 * 2)

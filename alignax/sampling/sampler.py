@@ -1,54 +1,235 @@
-"""A jitted sampler over the model's KV cache: prefill, then one token per `lax.scan` step.
+"""A jitted sampler over the model's KV cache: prefill once per prompt, then one token per step.
 
-Prompts are left-padded so every row's last prompt token is in the same slot. Each step picks a
-token (greedy at temperature 0, else a categorical draw from `logits / temperature`), records
-its log-prob under the sampling distribution, and stops a row at its EOS: later slots hold
-`pad_id` with mask 0. Deterministic under a seed.
+Prompts are left-padded so every row's last prompt token is in the same slot. The prompt is
+written into the cache once and the cache is repeated G times (G samples per prompt, rows
+prompt-major: row `b * G + g`). Each step scales the logits by `1 / temperature`, keeps the
+top-k / nucleus (top-p) tokens, draws one (greedy at temperature 0), records its log-prob and
+stops a row at any of the stop tokens (the stop token itself is kept, mask 1; later slots hold
+`pad_id`, mask 0). A `lax.while_loop` ends as soon as every row has stopped. Deterministic
+under a key: step i draws with `fold_in(key, i)`.
+
+The recorded log-prob is log softmax(logits / temperature) of the sampled token, before the
+top-k / top-p truncation: the quantity the training forward computes
+(`models.token_logps(..., temperature=T)`), so the two can be compared token by token. At
+temperature 0 it is the plain log softmax.
+
+Speed: the whole generation is one device call (prefill, then the decode loop on device, no
+host sync per token). Before the loop the weights are cast once to the compute dtype and the
+stacked layers and the KV cache are split into one buffer per layer, so each decode step reads
+every weight once, reads each layer's cache in place and writes only the new token's slot.
+The price: while sampling, device memory holds one extra copy of the weights (compute dtype)
+besides the KV cache of `R x (P + N)` slots.
+
+Shapes: B prompts, G samples per prompt, R = B * G rows, P prompt width, N new tokens, V vocab.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignax.models.cache import init_cache
+from alignax.models.attention import make_mask
+from alignax.models.cache import KVCache, init_cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature",
-                                             "eos_id", "pad_id"))
-def _sample(graphdef, params, prompt_ids, prompt_mask, rng, *, max_new_tokens: int,
-            temperature: float, eos_id: int, pad_id: int):
-    model = nnx.merge(graphdef, params)
+class Samples(NamedTuple):
+    """What the sampler returns (unpacks as `tokens, logps, mask`).
+
+    Attributes:
+      tokens: `[R, N]` int32 sampled ids, `pad_id` after a row stopped.
+      logps: `[R, N]` float32 log softmax(logits / T) of each sampled token, 0 on padding.
+      mask: `[R, N]` int32, 1 on generated tokens including the stop token.
+    """
+
+    tokens: jax.Array
+    logps: jax.Array
+    mask: jax.Array
+
+
+def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Top-k, then nucleus (top-p) filtering: excluded tokens get -inf.
+
+    Top-k keeps the k largest logits (ties at the k-th value are all kept). Top-p keeps the
+    smallest set of most likely tokens whose probability (after top-k) reaches `top_p`: token
+    i is kept when the mass of the tokens ranked before it is < top_p, so the most likely
+    token always stays. The order (temperature, top-k, top-p) is that of HF `generate`/vLLM.
+
+    Args:
+      logits: `[..., V]` (already divided by the temperature).
+      top_k: k; 0 (or >= V) = off.
+      top_p: p in (0, 1]; 1 = off.
+    Returns:
+      `[..., V]` logits, -inf outside the kept set.
+    """
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    v = logits.shape[-1]
+    if 0 < top_k < v:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        ranked = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
+        probs = jax.nn.softmax(ranked, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        threshold = jnp.min(jnp.where(before < top_p, ranked, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def cast_params(params, dtype):
+    """Floating parameters cast to `dtype` once, before the decode loop.
+
+    The model casts every weight to its compute dtype where it is used, so this changes no
+    number; it keeps float32 master weights from being re-read (and re-cast) at every
+    generated token, halving the bytes a bandwidth-bound decode step reads.
+    """
+    dtype = jnp.dtype(dtype)
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
+def _repeat_cache(cache: KVCache, g: int) -> KVCache:
+    if g == 1:
+        return cache
+    rep = lambda x, axis: jnp.repeat(x, g, axis=axis)
+    return KVCache(k=rep(cache.k, 1), v=rep(cache.v, 1), valid=rep(cache.valid, 0),
+                   index=cache.index, next_position=rep(cache.next_position, 0))
+
+
+_STATIC = ("graphdef", "num_samples", "max_new_tokens", "temperature", "top_k", "top_p",
+           "stop_ids", "pad_id")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, *, num_samples: int = 1,
+                  max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, stop_ids: tuple[int, ...], pad_id: int) -> Samples:
+    """Samples G completions per prompt from `nnx.merge(graphdef, params)` (pure, jitted).
+
+    The parameters are used where they are (any sharding; never copied through the host;
+    float32 weights are cast once to the compute dtype on device); shard `prompt_ids` over the
+    data-parallel axes to split the rows across devices.
+
+    Args:
+      graphdef: the policy's NNX graph definition (static).
+      params: its `nnx.State` (e.g. `state.params` of the train state).
+      prompt_ids: `[B, P]` int32 prompts, left-padded.
+      prompt_mask: `[B, P]` 1 = real prompt token.
+      key: a PRNG key (`jax.random.key` or `PRNGKey`).
+      num_samples: G.
+      max_new_tokens: N.
+      temperature: T; 0 = greedy (top-k / top-p then do not matter).
+      top_k, top_p: see `filter_logits`.
+      stop_ids: tokens that end a row (e.g. `(eos_id,)`), kept with mask 1.
+      pad_id: the token written after a row stopped.
+    Returns:
+      `Samples` with `[B * G, N]` arrays, rows prompt-major.
+    """
+    model = nnx.merge(graphdef, cast_params(params, nnx.merge(graphdef, params).config.dtype))
     b, p = prompt_ids.shape
-    cache = init_cache(model.config, b, p + max_new_tokens)
+    r, n = b * num_samples, max_new_tokens
+    cache = init_cache(model.config, b, p + n)
     hidden, cache = model.hidden_states(prompt_ids, prompt_mask, cache=cache)
-    logits = model.logits(hidden[:, -1:])[:, 0]
+    logits = jnp.repeat(model.logits(hidden[:, -1:])[:, 0], num_samples, axis=0)
+    cache = _repeat_cache(cache, num_samples)
+    layers = _unstack_layers(model)
+    kv = [(cache.k[i], cache.v[i]) for i in range(len(layers))]  # one copy, before the loop
+    stops = jnp.asarray(stop_ids, jnp.int32)
 
-    def body(carry, key):
-        logits, cache, done = carry
-        scaled = logits / temperature if temperature > 0 else logits
-        logp_all = jax.nn.log_softmax(scaled, axis=-1)
-        token = (jax.random.categorical(key, scaled) if temperature > 0
-                 else jnp.argmax(logits, axis=-1)).astype(jnp.int32)
-        token = jnp.where(done, pad_id, token)
-        logp = jnp.where(done, 0.0, jnp.take_along_axis(logp_all, token[:, None], -1)[:, 0])
+    def cond(carry):
+        i, _, _, _, _, done, *_ = carry
+        return (i < n) & ~jnp.all(done)
+
+    def body(carry):
+        i, logits, kv, valid, next_position, done, tokens, logps, mask = carry
         live = ~done
-        hidden, cache = model.hidden_states(token[:, None], live[:, None].astype(jnp.int32),
-                                            cache=cache)
-        done = done | (token == eos_id)
-        return (model.logits(hidden)[:, 0], cache, done), (token, logp, live)
+        token, tokens, logps, mask = draw_token(
+            logits, jax.random.fold_in(key, i), i, live, tokens, logps, mask,
+            temperature=temperature, top_k=top_k, top_p=top_p, pad_id=pad_id)
+        logits, kv, valid, next_position = _decode_token(model, layers, token, live, kv, valid,
+                                                         next_position, p + i)
+        done = done | jnp.isin(token, stops)
+        return i + 1, logits, kv, valid, next_position, done, tokens, logps, mask
 
-    keys = jax.random.split(rng, max_new_tokens)
-    _, (tokens, logps, live) = jax.lax.scan(body, (logits, cache, jnp.zeros(b, bool)), keys)
-    return tokens.T, logps.T, live.T.astype(jnp.int32)
+    init = (jnp.zeros((), jnp.int32), logits, kv, cache.valid, cache.next_position,
+            jnp.zeros(r, bool), jnp.full((r, n), pad_id, jnp.int32),
+            jnp.zeros((r, n), jnp.float32), jnp.zeros((r, n), jnp.int32))
+    *_, tokens, logps, mask = jax.lax.while_loop(cond, body, init)
+    return Samples(tokens, logps, mask)
+
+
+def draw_token(logits, step_key, i, live, tokens, logps, mask, *, temperature: float,
+               top_k: int, top_p: float, pad_id: int):
+    """One step of the decoding loop's bookkeeping, shared by every sampler.
+
+    Draws from `logits` `[R, V]` (greedy at temperature 0, else softmax(logits / T) after
+    `filter_logits`), writes the token, its log-prob (log softmax(logits / T), before top-k /
+    top-p) and `live` into column `i` of `tokens` / `logps` / `mask` `[R, N]`; rows that
+    already stopped (`live` False) get `pad_id`, log-prob 0 and mask 0.
+    Returns `(token [R], tokens, logps, mask)`.
+    """
+    if temperature <= 0:
+        logp_all, token = jax.nn.log_softmax(logits, axis=-1), jnp.argmax(logits, axis=-1)
+    else:
+        scaled = logits / temperature
+        kept = filter_logits(scaled, top_k=top_k, top_p=top_p)
+        logp_all, token = jax.nn.log_softmax(scaled, axis=-1), jax.random.categorical(step_key,
+                                                                                      kept)
+    token = jnp.where(live, token.astype(jnp.int32), pad_id)
+    logp = jnp.where(live, jnp.take_along_axis(logp_all, token[:, None], -1)[:, 0], 0.0)
+    tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
+    logps = jax.lax.dynamic_update_slice(logps, logp[:, None], (0, i))
+    mask = jax.lax.dynamic_update_slice(mask, live[:, None].astype(jnp.int32), (0, i))
+    return token, tokens, logps, mask
+
+
+def _unstack_layers(model) -> list:
+    """The model's stacked (scanned) decoder layers as L separate modules."""
+    graphdef, state = nnx.split(model.layers)
+    return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state))
+            for i in range(model.config.num_layers)]
+
+
+def _decode_token(model, layers, token, live, kv, valid, next_position, slot):
+    """One decode step with per-layer caches: `model.hidden_states(token[:, None], live,
+    cache=...)` + `model.logits`, with the layers unrolled.
+
+    Each layer's `(k, v)` is its own `[R, S, K, D]` buffer in the loop carry, so the step
+    writes the new token's slot in place and attention reads the buffer directly. (The
+    model's scan over stacked layers would slice each layer's cache out and stack the updated
+    ones back: several copies of the whole cache per generated token, in a bandwidth-bound
+    loop.) Same layer code (`DecoderLayer.__call__`), same masks and positions.
+    """
+    cfg = model.config
+    h = jnp.take(model.embed[...], token[:, None], axis=0).astype(cfg.compute_dtype)
+    positions = next_position[:, None]  # the row's next RoPE position (real tokens only)
+    valid = jax.lax.dynamic_update_slice(valid, live[:, None], (0, slot))
+    q_slots = jnp.reshape(slot, (1,)).astype(jnp.int32)
+    mask = make_mask(q_slots, valid)
+    window_mask = None
+    if cfg.uses_window:
+        window_mask = make_mask(q_slots, valid, window=cfg.sliding_window)
+    new_kv = []
+    for i, layer in enumerate(layers):
+        slides = window_mask is not None and (cfg.sliding_layers is None
+                                              or cfg.sliding_layers[i])
+        h, layer_kv = layer(h, positions, window_mask if slides else mask, kv[i],
+                            jnp.asarray(slot, jnp.int32))
+        new_kv.append(layer_kv)
+    h = model.norm(h)
+    return model.logits(h)[:, 0], new_kv, valid, next_position + live.astype(jnp.int32)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None):
-    """`[B, P]` left-padded ids and mask (P = the longest prompt, or `width`)."""
+    """`[B, P]` left-padded ids and mask (P = the longest prompt, or `width`; longer prompts
+    keep their last P tokens)."""
     width = width or max(len(x) for x in prompts)
     ids = np.full((len(prompts), width), pad_id, np.int32)
     mask = np.zeros((len(prompts), width), np.int32)
@@ -61,8 +242,10 @@ def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None):
 
 
 def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int,
-             temperature: float = 0.0, seed: int = 0, prompt_width: int | None = None):
-    """Samples completions for token-id prompts.
+             temperature: float = 0.0, seed: int = 0, prompt_width: int | None = None,
+             num_samples: int = 1, top_k: int = 0, top_p: float = 1.0,
+             stop_ids: tuple[int, ...] | None = None) -> Samples:
+    """Samples completions for token-id prompts (host convenience over `sample_tokens`).
 
     Args:
       model: an NNX `Transformer`.
@@ -72,22 +255,37 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: in
       temperature: 0 = greedy.
       seed: sampling seed.
       prompt_width: pad prompts to this width (fewer compiles across batches).
+      num_samples: G completions per prompt.
+      top_k, top_p: see `filter_logits`.
+      stop_ids: tokens that end a row; default `(eos_id,)`.
     Returns:
-      (tokens `[B, N]`, logps `[B, N]` under the sampling distribution, mask `[B, N]`):
-      numpy; the EOS token is included with mask 1, slots after it are padding.
+      `Samples` of numpy `[B * G, N]` arrays (rows prompt-major); the stop token is included
+      with mask 1, slots after it are padding.
     """
     graphdef, params = nnx.split(model)
     ids, mask = left_pad(prompts, pad_id, prompt_width)
-    out = _sample(graphdef, params, ids, mask, jax.random.PRNGKey(seed),
-                  max_new_tokens=max_new_tokens, temperature=float(temperature),
-                  eos_id=int(eos_id), pad_id=int(pad_id))
-    return tuple(np.asarray(x) for x in out)
+    stops = tuple(int(s) for s in (stop_ids if stop_ids is not None else (eos_id,)))
+    out = sample_tokens(graphdef, params, ids, mask, jax.random.key(seed),
+                        num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
+                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                        stop_ids=stops, pad_id=int(pad_id))
+    return Samples(*(np.asarray(x) for x in out))
 
 
-def completions_text(tokenizer, tokens, mask) -> list[str]:
-    """Decodes sampled tokens (up to and excluding EOS) to text."""
+def completions_text(tokenizer, tokens, mask, *, stop_ids: tuple[int, ...] | None = None
+                     ) -> list[str]:
+    """Decodes sampled tokens to text, up to and excluding the stop token.
+
+    Args:
+      tokenizer: has `decode(ids)` and `eos_id`.
+      tokens, mask: `[R, N]` from the sampler.
+      stop_ids: default `(tokenizer.eos_id,)`.
+    Returns:
+      R strings.
+    """
+    stops = set(stop_ids if stop_ids is not None else (tokenizer.eos_id,))
     out = []
-    for row, m in zip(tokens, mask):
-        ids = [int(t) for t, keep in zip(row, m) if keep and int(t) != tokenizer.eos_id]
+    for row, m in zip(np.asarray(tokens), np.asarray(mask)):
+        ids = [int(t) for t, keep in zip(row, m) if keep and int(t) not in stops]
         out.append(tokenizer.decode(ids))
     return out

@@ -37,3 +37,37 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.eval_prompts = 8
     c.checkpoint.every_steps = 2
     return c
+
+
+def online(algorithm: str, loss: dict, **rollout) -> ml_collections.ConfigDict:
+    """`base()` with the online sections (`rollout`, `reward`) for PPO / GRPO / RLOO / GRAO.
+
+    `rollout`: G samples per prompt (`num_generations`), temperature / top-k / top-p, stop
+    tokens and max new tokens; `num_epochs` x `num_minibatches` update steps per rollout batch.
+    `reward`: verifiable `functions` with `weights`, a reward model in `model_path` (weight
+    `model_weight`), and length / over-long / missing-EOS shaping.
+    `train.batch_size` is the number of prompts per rollout batch.
+    """
+    c = base()
+    c.algorithm = algorithm
+    c.loss = loss
+    c.rollout = dict(num_generations=8, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,
+                     stop_tokens=(), num_epochs=1, num_minibatches=1)
+    c.rollout.update(rollout)
+    c.reward = dict(functions=("arithmetic_correct",), weights=(1.0,), model_path="",
+                    model_weight=1.0, length_penalty=0.0, overlong_buffer=0,
+                    missing_eos_penalty=0.0)
+    c.optim.learning_rate = 1e-5
+    c.optim.warmup_steps = 5
+    c.train.steps, c.train.batch_size = 60, 32
+    c.train.eval_every, c.train.log_every, c.train.eval_prompts = 20, 10, 256
+    c.checkpoint.every_steps = 20
+    return c
+
+
+def online_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The online code path in seconds on CPU (8 prompts x 4 samples, 4 steps)."""
+    smoke(c)
+    c.rollout.num_generations = 4
+    c.train.eval_prompts = 16
+    return c

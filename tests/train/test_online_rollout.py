@@ -1,0 +1,156 @@
+"""Rollout pieces of the online trainers against independent computations: row layout, the
+rollout forward vs per-sequence forwards, PPO advantages (ALGORITHMS.md §6 worked example),
+GRAO's single concatenated forward, dynamic sampling, rewards, the prompt iterator."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from alignax import losses
+from alignax import rewards as R
+from alignax.models import ByteTokenizer, forward, init_model, tiny_config
+from alignax.sampling import left_pad, sample_tokens
+from alignax.train import online
+from alignax.train import rollout as RO
+
+PAD, EOS = 256, 258
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_model(tiny_config("llama"), seed=4)
+
+
+def _rollout(model, g=3, n=5, temperature=1.0):
+    prompts = [[5, 6, 7], [8, 9]]
+    ids, pmask = left_pad(prompts, PAD)
+    graphdef, params = nnx.split(model)
+    s = sample_tokens(graphdef, params, ids, pmask, jax.random.key(0), num_samples=g,
+                      max_new_tokens=n, temperature=temperature, stop_ids=(EOS,), pad_id=PAD)
+    tokens, logps, mask = (np.asarray(x).reshape(2, g, n) for x in s)
+    return prompts, ids, pmask, tokens, logps, mask
+
+
+def test_sequences_layout():
+    ids, attn = RO.sequences(np.array([[0, 1, 2]]), np.array([[0, 1, 1]]),
+                             np.array([[[3, 4], [5, 0]]]), np.array([[[1, 1], [1, 0]]]))
+    np.testing.assert_array_equal(ids, [[[0, 1, 2, 3, 4], [0, 1, 2, 5, 0]]])
+    np.testing.assert_array_equal(attn, [[[0, 1, 1, 1, 1], [0, 1, 1, 1, 0]]])
+
+
+def test_rollout_forward_matches_unpadded_forwards(model):
+    prompts, ids, pmask, tokens, logps, mask = _rollout(model)
+    seq, attn = RO.sequences(ids, pmask, tokens, mask)
+    graphdef, params = nnx.split(model)
+    batch = {"input_ids": seq, "attention_mask": attn, "completion_mask": mask,
+             "sampler_logps": logps}
+    out = jax.jit(lambda p, b: RO.rollout_forward({"policy": graphdef}, {"policy": p}, p, b,
+                                                  temperature=1.0))(params, batch)
+    assert float(out["sampler/logp_gap"]) < 1e-5
+    np.testing.assert_allclose(out["ref_logps"], out["old_logps"], atol=1e-6)
+    # Reference: each sample right-padded on its own row (no left padding), one forward.
+    lp = _right_padded_logps(model, [(prompts[b], tokens[b, g], mask[b, g])
+                                     for b in range(2) for g in range(3)])
+    for j, (b, g) in enumerate((b, g) for b in range(2) for g in range(3)):
+        n, p = int(mask[b, g].sum()), len(prompts[b])
+        at = lp[j, p - 1:p - 1 + n]
+        np.testing.assert_allclose(out["old_logps"][b, g, :n],
+                                   at[np.arange(n), tokens[b, g, :n]], atol=2e-5)
+        ent = -np.sum(np.exp(at) * at, -1)
+        np.testing.assert_allclose(out["entropy"][b, g, :n], ent, atol=2e-5)
+
+
+def _right_padded_logps(model, rows):
+    """`[R, W, V]` log-softmax of one causal forward over `prompt + completion` rows, each
+    right-padded (positions 0.. on every row: an independent layout from the rollout's)."""
+    seqs = [list(p) + t[m.astype(bool)].tolist() for p, t, m in rows]
+    width = max(map(len, seqs))
+    ids = np.array([x + [PAD] * (width - len(x)) for x in seqs], np.int32)
+    attn = (np.arange(width) < np.array([[len(x)] for x in seqs])).astype(np.int32)
+    return np.asarray(jax.nn.log_softmax(forward(model, jnp.asarray(ids), jnp.asarray(attn))))
+
+
+def test_ppo_advantages_worked_example():
+    # ALGORITHMS.md §6: k1, kl_coef 0.05, gamma 1, lam 0.95; TRL-whitened advantages.
+    adv, returns, rewards = RO.ppo_advantages(
+        jnp.array([[-1.0, -0.5, -0.2]]), jnp.array([[-1.2, -0.4, -0.2]]),
+        jnp.array([[0.5, 0.6, 0.7]]), jnp.array([1.0]), jnp.ones((1, 3)), kl_coef=0.05)
+    np.testing.assert_allclose(rewards, [[-0.01, 0.005, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(returns, [[0.9605, 0.99, 1.0]], atol=1e-5)
+    np.testing.assert_allclose(adv, [[0.957149, 0.080798, -1.037947]], atol=1e-5)
+
+
+def test_grao_objective_equals_loss_on_separate_forwards(model):
+    prompts, ids, pmask, tokens, _, mask = _rollout(model, g=3)
+    answers = np.array([[40, 41, EOS, PAD, PAD], [42, EOS, PAD, PAD, PAD]], np.int32)
+    amask = (np.arange(5) < np.array([[3], [2]])).astype(np.int32)
+    seq, attn = RO.sequences(ids, pmask, tokens, mask)
+    a_seq, a_attn = RO.sequences(ids, pmask, answers, amask)
+    rewards = np.array([[1.0, 0.0, 0.5], [0.0, 0.0, 1.0]], np.float32)
+    answer_reward = np.array([1.0, 0.5], np.float32)
+    batch = {"input_ids": seq, "attention_mask": attn, "completion_mask": mask,
+             "rewards": rewards, "answer_ids": a_seq, "answer_attention": a_attn,
+             "answer_mask": amask, "answer_reward": answer_reward}
+    graphdef, params = nnx.split(model)
+    obj = online.grao_objective({"policy": graphdef}, beta=0.5, lam=0.6)
+    loss, mets = obj({"policy": params}, batch, None)
+
+    rows = [(prompts[b], tokens[b, g], mask[b, g]) for b in range(2) for g in range(3)]
+    rows += [(prompts[b], answers[b], amask[b]) for b in range(2)]
+    lp = _right_padded_logps(model, rows)
+    per_token = np.zeros((8, 5), np.float32)
+    for j, (p, t, m) in enumerate(rows):
+        n = int(m.sum())
+        per_token[j, :n] = lp[j, len(p) - 1:len(p) - 1 + n][np.arange(n), t[:n]]
+    s_lp, a_lp = per_token[:6].reshape(2, 3, 5), per_token[6:]
+    want, _ = losses.grao_loss(s_lp, mask, a_lp, amask, rewards, answer_reward, beta=0.5,
+                               lam=0.6)
+    np.testing.assert_allclose(loss, np.mean(want), atol=2e-5)
+    assert {"loss/exploration", "loss/imitation", "loss/alignment"} <= set(mets)
+
+
+def test_dynamic_sampling_index():
+    first = np.array([[1.0, 1.0], [0.0, 1.0], [np.nan, 2.0], [np.nan, np.nan]])
+    second = np.array([[0.0, 0.5], [3.0, 3.0], [1.0, 2.0], [0.0, 0.0]])
+    index, informative = RO.dynamic_sampling_index([first], 4)
+    assert informative == 1 and index == [(0, 1), (0, 0), (0, 2), (0, 3)]
+    index, informative = RO.dynamic_sampling_index([first, second], 3)
+    assert informative == 3 and index == [(0, 1), (1, 0), (1, 2)]
+    picked = RO.select_groups([{"r": first}, {"r": second}], index)["r"]
+    np.testing.assert_array_equal(picked, [[0.0, 1.0], [0.0, 0.5], [1.0, 2.0]])
+
+
+def test_reward_scorer_shaping_and_answers():
+    tok = ByteTokenizer()
+    scorer = RO.RewardScorer([("correct", R.arithmetic_correct)], [2.0], length_penalty=0.1,
+                             missing_eos_penalty=1.0)
+    texts = np.array([["5", "6"]], dtype=object)
+    r = {"prompt_ids": np.zeros((1, 2), np.int32), "prompt_mask": np.ones((1, 2), np.int32),
+         "tokens": np.zeros((1, 2, 3), np.int32), "mask": np.ones((1, 2, 3), np.int32),
+         "lengths": np.array([[2, 3]]), "terminated": np.array([[True, False]]),
+         "texts": texts, "prompts": np.array(["2+3="], dtype=object),
+         "answers": np.array(["5"], dtype=object)}
+    out = scorer(r)
+    np.testing.assert_allclose(out["rewards"], [[2.0 - 0.2, 0.0 - 0.3 - 1.0]], atol=1e-6)
+    np.testing.assert_allclose(out["reward_vector"][..., 0], [[1.0, 0.0]])
+    ex = [RO.PromptExample("2+3=", tuple(tok.encode("2+3=")), "5", (53, EOS))]
+    out = scorer.answer_rewards(RO.add_answers(out, ex, pad_id=PAD))
+    np.testing.assert_array_equal(out["answer_tokens"], [[53, EOS, PAD]])
+    np.testing.assert_allclose(out["answer_reward"], [2.0 - 0.2])  # R(y, y), 2 tokens
+    with pytest.raises(ValueError, match="reward.weights has 2 entries"):
+        RO.RewardScorer([("correct", R.arithmetic_correct)], [1.0, 2.0])
+
+
+def test_prompt_iterator_resumes():
+    ex = [RO.PromptExample(str(i), (i,)) for i in range(10)]
+    it = RO.PromptIterator(ex, batch_size=3, seed=1)
+    seen = [[e.prompt for e in it.next_batch()] for _ in range(2)]
+    state = it.state_dict()
+    rest = [[e.prompt for e in it.next_batch()] for _ in range(4)]
+    again = RO.PromptIterator(ex, batch_size=3, seed=1)
+    again.load_state_dict(state)
+    assert [[e.prompt for e in again.next_batch()] for _ in range(4)] == rest
+    # Within an epoch no prompt repeats; 3 batches of 3 per epoch of 10.
+    assert len(set(sum(seen + rest[:1], []))) == 9
