@@ -1,6 +1,8 @@
 """`alignax` command line.
 
   alignax train --config PATH[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
+  alignax sample --model DIR (--prompt TEXT ... | --prompts-file FILE) [--head-weights 0.7,0.3]
+  alignax eval --model DIR [--model DIR ...] [--data PAIRS --reference DIR] [--json PATH]
   alignax demo [--workdir DIR]
 
 A bad config or bad data ends with exit status 2 and one line naming the field, file and line.
@@ -54,9 +56,204 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _sample(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="alignax sample",
+        description="Sample completions from an HF export (`WORKDIR/hf`), or from a MAH-DPO "
+                    "export with its heads mixed by --head-weights. Prints one JSON line per "
+                    "completion: prompt, sample, completion.")
+    parser.add_argument("--model", required=True,
+                        help="HF model directory, or a train WORKDIR (its hf/ is used)")
+    parser.add_argument("--tokenizer", default="",
+                        help="'byte' or a directory with tokenizer.json (default: the model "
+                             "directory if it has one, else 'byte')")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    parser.add_argument("--prompts-file", default="",
+                        help="one prompt per line, or .jsonl records with a 'prompt' field")
+    parser.add_argument("--head-weights", default="",
+                        help="multi-head exports: comma-separated weights over the heads, "
+                             "e.g. 0.7,0.3 (default: the export weights in heads/heads.json)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
+    parser.add_argument("--dtype", default="", help="compute dtype, e.g. bfloat16")
+    args = parser.parse_args(argv)
+    from alignax.data import DataError
+
+    try:
+        for line in sample_lines(args):
+            print(line, flush=True)
+    except (ValueError, FileNotFoundError, DataError) as e:
+        print(f"alignax: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _read_prompts(path: str) -> list[str]:
+    import json
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--prompts-file {path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not path.endswith(".jsonl"):
+        return [x for x in lines if x.strip()]
+    out = []
+    for i, x in enumerate(lines, 1):
+        if not x.strip():
+            continue
+        try:
+            rec = json.loads(x)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+            raise ValueError(f"{path}:{i}: field 'prompt': expected a string")
+        out.append(rec["prompt"])
+    return out
+
+
+def sample_lines(args):
+    """Yields the JSON output lines of `alignax sample` (parsed `args`)."""
+    import json
+
+    from alignax.models import from_hf, load_tokenizer
+    from alignax.sampling import heads as SH
+    from alignax.train import multihead as MH
+
+    path = args.model
+    if os.path.exists(os.path.join(path, "hf", "config.json")):
+        path = os.path.join(path, "hf")  # a train workdir (its config.json is the run's)
+    tok_path = args.tokenizer or (path if os.path.exists(os.path.join(path, "tokenizer.json"))
+                                  else "byte")
+    tokenizer = load_tokenizer(tok_path)
+    prompts = list(args.prompt) + (_read_prompts(args.prompts_file) if args.prompts_file
+                                   else [])
+    if not prompts:
+        raise ValueError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    for name, ok in (("--max-new-tokens", args.max_new_tokens >= 1),
+                     ("--num-samples", args.num_samples >= 1),
+                     ("--batch-size", args.batch_size >= 1),
+                     ("--temperature", args.temperature >= 0),
+                     ("--top-k", args.top_k >= 0), ("--top-p", 0 < args.top_p <= 1)):
+        if not ok:
+            raise ValueError(f"{name}: out of range")
+    kw = dict(dtype=args.dtype or None)
+    multi = os.path.exists(os.path.join(path, MH.HEADS_FILE))
+    if multi:
+        model, names = MH.load_multihead(path, **kw)
+        if args.head_weights:
+            try:
+                raw = [float(x) for x in args.head_weights.split(",")]
+            except ValueError:
+                raise ValueError(f"--head-weights: expected comma-separated numbers, got "
+                                 f"{args.head_weights!r}") from None
+        else:
+            with open(os.path.join(path, MH.HEADS_META), encoding="utf-8") as f:
+                raw = json.load(f)["export_weights"]
+        heads = f" ({', '.join(names)})" if names else ""
+        weights = SH.check_head_weights(raw, model.num_heads,
+                                        field=f"--head-weights for {model.num_heads} heads"
+                                              f"{heads}")
+    else:
+        if args.head_weights:
+            raise ValueError(f"--head-weights: {path} is a single-head model (no "
+                             f"{MH.HEADS_FILE}); drop --head-weights or use a MAH-DPO export")
+        model, weights = from_hf(path, **kw), None
+    stops = (int(tokenizer.eos_id),)
+    opts = dict(max_new_tokens=args.max_new_tokens, eos_id=tokenizer.eos_id,
+                pad_id=tokenizer.pad_id, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, num_samples=args.num_samples, stop_ids=stops)
+    for start in range(0, len(prompts), args.batch_size):
+        chunk = prompts[start:start + args.batch_size]
+        ids = [tokenizer.encode(p) for p in chunk]
+        if any(not x for x in ids):
+            raise ValueError("an empty prompt (no tokens); every prompt needs text")
+        seed = args.seed + start  # distinct draws per chunk, reproducible under --seed
+        if multi:
+            out = SH.generate_mixed(model, ids, weights, seed=seed, **opts)
+        else:
+            out = _generate_plain(model, ids, seed=seed, **opts)
+        texts = SH.decode_completions(tokenizer, out.tokens, out.mask, stop_ids=stops)
+        for r, text in enumerate(texts):
+            row = {"prompt": chunk[r // args.num_samples], "sample": r % args.num_samples,
+                   "completion": text}
+            if weights is not None:
+                row["head_weights"] = [round(float(w), 6) for w in weights]
+            yield json.dumps(row, ensure_ascii=False)
+
+
+def _generate_plain(model, prompts, *, seed, max_new_tokens, eos_id, pad_id, temperature,
+                    top_k, top_p, num_samples, stop_ids):
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from alignax.sampling.sampler import left_pad, sample_tokens
+
+    del eos_id
+    graphdef, params = nnx.split(model)
+    ids, mask = left_pad(prompts, pad_id)
+    out = sample_tokens(graphdef, params, ids, mask, jax.random.key(seed),
+                        num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
+                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                        stop_ids=tuple(stop_ids), pad_id=int(pad_id))
+    return type(out)(*(np.asarray(x) for x in out))
+
+
+def _eval(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="alignax eval",
+        description="Evaluate HF exports (`WORKDIR/hf`). Without --data: greedy accuracy on "
+                    "held-out draws of the built-in arithmetic task. With --data: preference "
+                    "metrics on a local pairs file (and DPO implicit rewards with --reference).")
+    parser.add_argument("--model", action="append", required=True,
+                        help="HF model directory or train WORKDIR (repeatable)")
+    parser.add_argument("--data", default="", help="pairs file (JSONL / Parquet / tfds:...)")
+    parser.add_argument("--reference", default="", help="reference model for implicit rewards")
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--num-prompts", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=10_000, help="task prompts' seed")
+    parser.add_argument("--max-operand", type=int, default=20)
+    parser.add_argument("--tokenizer", default="")
+    parser.add_argument("--json", default="", help="also write the results here")
+    args = parser.parse_args(argv)
+    import json
+
+    from alignax import evaluate
+    from alignax.data import DataError
+
+    models = [os.path.join(m, "hf") if os.path.isdir(os.path.join(m, "hf")) else m
+              for m in args.model]
+    try:
+        for m in models + ([args.reference] if args.reference else []):
+            if not os.path.isdir(m):
+                raise FileNotFoundError(f"--model/--reference: {m} is not a directory")
+        if args.data:
+            results = {m: evaluate.pair_scores(m, args.data, reference_dir=args.reference or None,
+                                               beta=args.beta, tokenizer=args.tokenizer or None)
+                       for m in models}
+        else:
+            results = {m: {"task_accuracy": v} for m, v in evaluate.task_scores(
+                models, num_prompts=args.num_prompts, seed=args.seed,
+                max_operand=args.max_operand, tokenizer=args.tokenizer or None).items()}
+    except (ValueError, FileNotFoundError, DataError) as e:
+        print(f"alignax: error: {e}", file=sys.stderr)
+        return 2
+    for m, res in results.items():
+        print(f"{m}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.items()))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": _train, "demo": None}
+    commands = {"train": _train, "sample": _sample, "eval": _eval, "demo": None}
     if not argv or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
         return 2

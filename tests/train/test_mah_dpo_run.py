@@ -1,0 +1,137 @@
+"""MAH-DPO trainer end to end: the smoke config through `loop.run`, per-objective metrics,
+export + reload for sampling, resume equality, data errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from alignax import config as C
+from alignax import data as D
+from alignax import metrics
+from alignax.models import ByteTokenizer, from_hf
+from alignax.sampling import heads as SH
+from alignax.sampling.sampler import left_pad, sample_tokens
+from alignax.train import loop
+from alignax.train.multihead import load_multihead
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, "experiments", "configs", "mah_dpo.py")
+QUIET = dict(log=lambda *_: None)
+
+
+def _cfg(*overrides, variant="smoke"):
+    cfg = C.load_config(f"{CONFIG}:{variant}")
+    C.apply_overrides(cfg, list(overrides))
+    C.validate(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("mah"))
+    return workdir, loop.run(_cfg(), workdir, **QUIET)
+
+
+def test_default_and_single_configs_load():
+    assert _cfg(variant="default").heads.num_heads == 0
+    assert _cfg(variant="single").heads.num_heads == 1
+
+
+def test_smoke_run_writes_per_head_metrics(smoke):
+    workdir, summary = smoke
+    rows = metrics.read_metrics(workdir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    last = rows[-1]
+    for name in ("correct", "round"):
+        for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                    "examples"):
+            assert np.isfinite(last[f"{name}/{key}"]), (name, key)
+        assert last[f"{name}/examples"] == 4  # balanced: B/2 pairs of each objective
+        assert last[f"{name}/examples_seen"] == 16  # 4 steps x 4 pairs
+        for head in ("correct_head", "round_head", "uniform"):
+            assert 0 <= last[f"eval/{head}/{name}"] <= 1
+    # The batch loss is the mean of the two heads' losses.
+    np.testing.assert_allclose(last["loss"], (last["correct/loss"] + last["round/loss"]) / 2,
+                               rtol=1e-5)
+    assert {"rewards/margins", "logps/chosen", "grad_norm"} <= set(last)
+    assert summary["num_heads"] == 2 and summary["objectives"] == ["correct", "round"]
+    assert len(summary["sweep"]["weights"]) == 3 and len(summary["sweep"]["round"]) == 3
+    for f in ("config.json", "summary.json", "checkpoints", "hf/config.json",
+              "hf/model.safetensors", "hf/heads/heads.safetensors", "hf/heads/heads.json"):
+        assert os.path.exists(os.path.join(workdir, f)), f
+
+
+def test_export_reloads_for_sampling(smoke):
+    workdir, summary = smoke
+    export = summary["hf_export"]
+    model, names = load_multihead(export)
+    assert names == ["correct", "round"] and model.num_heads == 2
+    heads = np.asarray(model.heads.weight[...])
+    assert not np.array_equal(heads[0], heads[1])
+    # The plain HF model is the uniform mixture (the export default).
+    plain = from_hf(export)
+    np.testing.assert_allclose(plain.lm_head[...], heads.mean(0), rtol=1e-6, atol=1e-7)
+    # Mixed sampling from the reloaded heads = sampling the plain model at the same weights.
+    tok = ByteTokenizer()
+    ids, mask = left_pad([tok.encode("12+7="), tok.encode("3+4=")], tok.pad_id)
+    kw = dict(num_samples=2, max_new_tokens=4, temperature=1.0, stop_ids=(tok.eos_id,),
+              pad_id=tok.pad_id)
+    key = jax.random.key(0)
+    got = SH.sample_mixed(*nnx.split(model), ids, mask, key, np.array([0.5, 0.5], np.float32),
+                          **kw)
+    want = sample_tokens(*nnx.split(plain), ids, mask, key, **kw)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+
+
+def test_resume_is_identical(smoke, tmp_path):
+    # 2 steps, stop, rerun the same command: the same numbers as the smoke run's 4 straight
+    # steps (evaluation, sweep and export do not touch the training state or the data order).
+    quick = ("--config.train.eval_every=0", "--config.train.sweep_points=0",
+             "--config.train.export_hf=False")
+    resumed = str(tmp_path / "b")
+    loop.run(_cfg(*quick, "--config.train.steps=2"), resumed, **QUIET)
+    loop.run(_cfg(*quick), resumed, **QUIET)
+    a, b = metrics.read_metrics(smoke[0]), metrics.read_metrics(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for key in ("loss", "grad_norm", "correct/loss", "round/loss", "round/examples_seen"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+
+
+def test_data_path_errors_name_file_line_field(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    good = {"prompt": "1+1=", "chosen": "2", "rejected": "3"}
+    path.write_text(json.dumps(dict(good, objective="correct")) + "\n"
+                    + json.dumps(dict(good, objective="brevity")) + "\n")
+    cfg = _cfg(f"--config.data.path={path}")
+    with pytest.raises(D.DataError, match=rf"{path}:2: field 'objective': unknown objective "
+                                          r"'brevity'"):
+        loop.run(cfg, str(tmp_path / "w"), **QUIET)
+    path.write_text(json.dumps(dict(good, objective=0)) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(D.DataError, match=rf"{path}:2: field 'objective': every MAH-DPO pair"):
+        loop.run(cfg, str(tmp_path / "w"), **QUIET)
+    with pytest.raises(ValueError, match="config field 'heads.num_heads'"):
+        loop.run(_cfg("--config.heads.num_heads=3"), str(tmp_path / "w"), **QUIET)
+    with pytest.raises(ValueError, match="config field 'data.objectives'"):
+        loop.run(_cfg(f"--config.data.path={path}", "--config.data.objectives=()"),
+                 str(tmp_path / "w"), **QUIET)
+
+
+
+def test_build_pairs_from_a_file_with_vector_preferences(tmp_path):
+    from alignax.train import multihead_run as MR
+
+    path = tmp_path / "pairs.jsonl"
+    recs = [{"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": "10", "preferences": [1, -1]}
+            for i in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = _cfg(f"--config.data.path={path}", "--config.data.eval_fraction=0.1")
+    train, evals = MR.build_pairs(cfg, ["correct", "round"], D.ErrorPolicy())
+    assert len(train) + len(evals) == 40 and len(evals) == 4  # 2 routed pairs per record
+    assert [(p.chosen, p.rejected, p.objective) for p in train[:2]] == [("1", "10", 0),
+                                                                        ("10", "1", 1)]
+    with pytest.raises(ValueError, match=r"section 'heads': unknown keys \['bogus'\]"):
+        MR.heads_config({"heads": {"bogus": 1}})
