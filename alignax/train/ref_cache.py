@@ -6,6 +6,9 @@ the frozen reference **once**, store the `[N, 2]` summed log-probs in
 fingerprint hashes what the numbers depend on: the token ids of every row (dataset, tokenizer
 and length limits), the reference weights, and the LD-DPO weighting; any change makes a new
 file, and an unchanged rerun reuses the old one.
+
+`fingerprint`, `padded_batches` and `load_or_compute` are shared with the teacher cache of the
+distillation trainer (`train/distill_data.py`).
 """
 
 from __future__ import annotations
@@ -35,14 +38,15 @@ def fingerprint(rows: Sequence[dict], params, *, extra: dict | None = None) -> s
     return h.hexdigest()[:24]
 
 
-def compute_ref_logps(ref_fn, ref_params, rows: Sequence[dict], *, pad_id: int,
-                      buckets: Sequence[int], batch_size: int) -> np.ndarray:
-    """Scores every row with `ref_fn(ref_params, batch) -> [b, 2]`; returns `[N, 2]` float32.
+def padded_batches(rows: Sequence[dict], *, pad_id: int, buckets: Sequence[int],
+                   batch_size: int):
+    """Yields `(n, batch)` over `rows` in order: collated batches of exactly `batch_size` rows.
 
-    The last partial batch is padded with copies of its first row (then dropped), so every call
-    has the same batch size and each bucket compiles once.
+    The last partial batch is padded with copies of its first row (`n` = how many rows are
+    real; drop the rest of the outputs), so every call has the same batch size and each bucket
+    compiles once. Precomputing passes over the data (reference log-probs, teacher top-k)
+    share it.
     """
-    out = []
     for start in range(0, len(rows), batch_size):
         chunk = list(rows[start:start + batch_size])
         n = len(chunk)
@@ -51,7 +55,43 @@ def compute_ref_logps(ref_fn, ref_params, rows: Sequence[dict], *, pad_id: int,
                                for r in chunk), buckets)
         batch = collate(chunk, pad_id=pad_id, buckets=buckets, width=width)
         batch.pop("objective", None)
-        out.append(np.asarray(ref_fn(ref_params, batch), np.float32)[:n])
+        yield n, batch
+
+
+def atomic_write(path: str, write) -> None:
+    """`write(tmp)` then an atomic rename to `path`: a killed run never leaves half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp" + os.path.splitext(path)[1]
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def load_or_compute(path: str, compute, *, valid, what: str, log=print) -> dict[str, np.ndarray]:
+    """The arrays stored at `path` (`.npz`) if there and `valid(arrays)`, else `compute()`d
+    and stored (atomically). Logs "`what`: reusing PATH" or "`what`: computed -> PATH".
+
+    Args:
+      path: the cache file, named by a `fingerprint` of everything the arrays depend on.
+      compute: `() -> {name: np.ndarray}`.
+      valid: `(arrays) -> bool`, e.g. the row count matches (else the file is recomputed).
+    """
+    if os.path.exists(path):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        if arrays and valid(arrays):
+            log(f"{what}: reusing {path}")
+            return arrays
+    arrays = compute()
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
+    log(f"{what}: computed -> {path}")
+    return arrays
+
+
+def compute_ref_logps(ref_fn, ref_params, rows: Sequence[dict], *, pad_id: int,
+                      buckets: Sequence[int], batch_size: int) -> np.ndarray:
+    """Scores every row with `ref_fn(ref_params, batch) -> [b, 2]`; returns `[N, 2]` float32."""
+    out = [np.asarray(ref_fn(ref_params, batch), np.float32)[:n] for n, batch in
+           padded_batches(rows, pad_id=pad_id, buckets=buckets, batch_size=batch_size)]
     return np.concatenate(out, axis=0)
 
 
@@ -60,21 +100,13 @@ def cached_ref_logps(ref_fn, ref_params, rows: Sequence[dict], *, cache_dir: str
                      log=print) -> np.ndarray:
     """`[N, 2]` reference log-probs of `rows`, from the cache or computed and stored."""
     key = fingerprint(rows, ref_params, extra=extra)
-    path = os.path.join(cache_dir, f"ref_logps-{key}.npz")
-    if os.path.exists(path):
-        with np.load(path) as f:
-            values = f["ref_logps"]
-        if values.shape == (len(rows), 2):
-            log(f"reference log-probs: reusing {path}")
-            return values
-    values = compute_ref_logps(ref_fn, ref_params, rows, pad_id=pad_id, buckets=buckets,
-                               batch_size=batch_size)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, ref_logps=values)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
-    log(f"reference log-probs: computed {len(rows)} pairs -> {path}")
-    return values
+    compute = lambda: {"ref_logps": compute_ref_logps(
+        ref_fn, ref_params, rows, pad_id=pad_id, buckets=buckets, batch_size=batch_size)}
+    arrays = load_or_compute(os.path.join(cache_dir, f"ref_logps-{key}.npz"), compute,
+                             valid=lambda a: a.get("ref_logps", np.zeros(0)).shape == (
+                                 len(rows), 2),
+                             what=f"reference log-probs ({len(rows)} pairs)", log=log)
+    return arrays["ref_logps"]
 
 
 def attach(rows: Sequence[dict], values: np.ndarray) -> list[dict]:
