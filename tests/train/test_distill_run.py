@@ -92,6 +92,24 @@ def test_adpa_plus_smoke_cached(teachers, tmp_path):
     assert metrics.read_metrics(str(tmp_path)) == rows
 
 
+@pytest.mark.slow
+def test_adpa_smoke_in_step_equals_cached(teachers, tmp_path):
+    # Plain ADPA (both teachers inside the step) end to end, then with the advantages cached:
+    # the same student samples (cached once per run dir, same seed) and the same losses.
+    quick = ("--config.train.eval_every=0", "--config.train.export_hf=False")
+    loop.run(_cfg("adpa", *_teacher_args(teachers), *quick), str(tmp_path / "in_step"),
+             **QUIET)
+    rows = metrics.read_metrics(str(tmp_path / "in_step"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {"loss/adpa", "loss/chosen-sft"} <= set(rows[-1])
+    assert all(np.isfinite(r["loss"]) for r in rows) and rows[0]["loss/adpa"] != 0
+    loop.run(_cfg("adpa", *_teacher_args(teachers), *quick, "--config.teacher.precompute=True"),
+             str(tmp_path / "cached"), **QUIET)
+    np.testing.assert_allclose(
+        [r["loss"] for r in metrics.read_metrics(str(tmp_path / "cached"))],
+        [r["loss"] for r in rows], rtol=1e-5)
+
+
 def test_errors_name_the_config_field(teachers, tmp_path):
     with pytest.raises(ValueError, match=r"teacher.path has vocab_size 300, the student 320"):
         loop.run(_cfg("dckd", f"--config.teacher.path={teachers['small_vocab']}"),
