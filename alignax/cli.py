@@ -3,6 +3,7 @@
   alignax train --config PATH[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
   alignax sample --model DIR (--prompt TEXT ... | --prompts-file FILE) [--head-weights 0.7,0.3]
   alignax eval --model DIR [--model DIR ...] [--data PAIRS --reference DIR] [--json PATH]
+  alignax convert --workdir DIR [--step N] --out DIR
   alignax demo [--workdir DIR]
 
 A bad config or bad data ends with exit status 2 and one line naming the field, file and line.
@@ -251,9 +252,30 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
+def _convert(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="alignax convert",
+        description="Export a checkpoint step of a train workdir as an HF directory (the "
+                    "final step is already in WORKDIR/hf).")
+    parser.add_argument("--workdir", required=True, help="a train workdir")
+    parser.add_argument("--step", type=int, default=None, help="default: the latest")
+    parser.add_argument("--out", required=True, help="the HF directory to write")
+    args = parser.parse_args(argv)
+    from alignax.train import export
+
+    try:
+        export.export_checkpoint(args.workdir, args.out, step=args.step,
+                                 log=lambda m: print(f"alignax: {m}"))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"alignax: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": _train, "sample": _sample, "eval": _eval, "demo": None}
+    commands = {"train": _train, "sample": _sample, "eval": _eval, "convert": _convert,
+                "demo": None}
     if not argv or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
         return 2
