@@ -213,11 +213,8 @@ def _run(cfg, workdir: str, *, log=print, extra: dict | None = None) -> dict[str
         :int(cfg.train.get("eval_prompts", 128))]
 
     def evaluate(st) -> dict[str, float]:
-        res: dict[str, float] = {}
-        if len(eval_rows) >= batch_size:
-            ev = DD.TeacherBatches(eval_rows, arrays=eval_arrays, shuffle=False, **iter_kw)
-            n = max(1, min(len(eval_rows) // batch_size, int(cfg.train.get("eval_batches", 4))))
-            res = loop.mean_eval_metrics(eval_fn, st, ev, n, mesh=mesh)
+        res = loop.mean_eval_metrics(cfg, eval_fn, st, eval_rows, lambda: DD.TeacherBatches(
+            eval_rows, arrays=eval_arrays, shuffle=False, **iter_kw), mesh=mesh)
         if task_eval:
             res["task_accuracy"] = loop.task_accuracy(
                 nnx.merge(graphdef, st.params), tokenizer, eval_prompts,

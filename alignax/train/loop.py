@@ -253,10 +253,16 @@ def eval_fn_for(objective):
                                               if st.ref_params is not None else {})))
 
 
-def mean_eval_metrics(eval_fn, state, batches, num_batches: int, *, mesh) -> dict[str, float]:
-    """Mean of the loss and metrics of `eval_fn` over `num_batches` batches of `batches`."""
+def mean_eval_metrics(cfg, eval_fn, state, eval_rows, make_batches, *,
+                      mesh) -> dict[str, float]:
+    """Mean loss and metrics of `eval_fn` over up to `train.eval_batches` batches of the
+    unshuffled iterator `make_batches()` over `eval_rows` ({} if they fill no batch)."""
+    if len(eval_rows) < cfg.train.batch_size:
+        return {}
+    batches = make_batches()
     out: dict[str, list] = {}
-    for _ in range(num_batches):
+    for _ in range(max(1, min(len(eval_rows) // cfg.train.batch_size,
+                              int(cfg.train.get("eval_batches", 4))))):
         with jax.set_mesh(mesh):
             loss, mets = eval_fn(state, next(batches))
         for k, v in dict(mets, loss=loss).items():
@@ -398,13 +404,9 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
                  and alg.data_kind in ("sft", "pairs", "unpaired"))
 
     def evaluate(st) -> dict[str, float]:
-        res: dict[str, float] = {}
-        if len(eval_rows) >= batch_size:
-            ev = D.BatchIterator(eval_rows, global_batch_size=batch_size,
-                                 pad_id=tokenizer.pad_id, max_length=limits.max_length,
-                                 buckets=buckets, shuffle=False)
-            n = max(1, min(len(eval_rows) // batch_size, int(cfg.train.get("eval_batches", 4))))
-            res = mean_eval_metrics(eval_fn, st, ev, n, mesh=mesh)
+        res = mean_eval_metrics(cfg, eval_fn, st, eval_rows, lambda: D.BatchIterator(
+            eval_rows, global_batch_size=batch_size, pad_id=tokenizer.pad_id,
+            max_length=limits.max_length, buckets=buckets, shuffle=False), mesh=mesh)
         if task_eval:
             model_now = nnx.merge(graphdef, st.params)
             res["task_accuracy"] = task_accuracy(

@@ -272,13 +272,9 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
         labels = [f"{n}_head" for n in names] + labels[num_heads:]
 
     def evaluate(st) -> dict[str, float]:
-        res: dict[str, float] = {}
-        if len(eval_rows) >= batch_size:
-            ev = D.BatchIterator(eval_rows, global_batch_size=batch_size,
-                                 pad_id=tokenizer.pad_id, max_length=limits.max_length,
-                                 buckets=buckets, shuffle=False)
-            n = max(1, min(len(eval_rows) // batch_size, int(cfg.train.get("eval_batches", 4))))
-            res = loop.mean_eval_metrics(eval_fn, st, ev, n, mesh=mesh)
+        res = loop.mean_eval_metrics(cfg, eval_fn, st, eval_rows, lambda: D.BatchIterator(
+            eval_rows, global_batch_size=batch_size, pad_id=tokenizer.pad_id,
+            max_length=limits.max_length, buckets=buckets, shuffle=False), mesh=mesh)
         if task_eval:
             scores = task_scores(graphdef, st.params, tokenizer, prompts, weights,
                                  max_new_tokens=cfg.data.max_completion_length)
