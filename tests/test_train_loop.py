@@ -115,6 +115,10 @@ def test_precomputed_reference_matches_in_step_reference(tmp_path):
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
     np.testing.assert_allclose([r["rewards/margins"] for r in a],
                                [r["rewards/margins"] for r in b], atol=1e-6)
+    # Same weights, another compute dtype: other log-probs, so a new cache file, not a reuse.
+    loop.run(_cfg("dpo", *base, *pre, "--config.model.dtype=bfloat16"), str(tmp_path / "bf16"),
+             log=lambda *_: None)
+    assert len(os.listdir(cache)) == 4
     with pytest.raises(ValueError, match="only the DPO family can precompute"):
         loop.run(_cfg("kto", *base, *pre), str(tmp_path / "kto"), log=lambda *_: None)
 

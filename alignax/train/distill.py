@@ -77,7 +77,7 @@ def _prepare_rows(cfg, rows, eval_rows, *, model, params0, graphdef, tokenizer, 
         ref_fn = jax.jit(O.reference_logps_fn(graphdef, chunk_size=int(cfg.train.get(
             "logits_chunk", 128))))
         ckw = dict(cache_dir=cache_dir, pad_id=tokenizer.pad_id, buckets=buckets,
-                   batch_size=cfg.train.batch_size, log=log)
+                   batch_size=cfg.train.batch_size, extra={"model": repr(model.config)}, log=log)
         rows = ref_cache.attach(rows, ref_cache.cached_ref_logps(ref_fn, params0, rows, **ckw))
         if eval_rows:
             eval_rows = ref_cache.attach(eval_rows, ref_cache.cached_ref_logps(
@@ -188,7 +188,8 @@ def _run(cfg, workdir: str, *, log=print, extra: dict | None = None) -> dict[str
         ckw = dict(cache_dir=cache_dir, pad_id=tokenizer.pad_id, buckets=buckets,
                    batch_size=batch_size, log=log,
                    extra={"algorithm": cfg.algorithm, "top_k": int(tcfg.top_k), "width": width,
-                          "advantage_beta": float(tcfg.get("advantage_beta", 1.0))})
+                          "advantage_beta": float(tcfg.get("advantage_beta", 1.0)),
+                          "teachers": repr({k: m.config for k, m in sorted(teachers.items())})})
         it.arrays = DD.cached_teacher_arrays(fn, cached_params, rows, **ckw)
         if eval_rows:
             eval_arrays = DD.cached_teacher_arrays(fn, cached_params, eval_rows, **ckw)

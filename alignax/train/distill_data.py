@@ -133,7 +133,8 @@ def sample_rejected(model, params, rows: Sequence[dict], *, cache_dir: str, eos_
     """
     settings = dict(sampling, max_new_tokens=max_new_tokens)
     key = ref_cache.fingerprint([dict(r, chosen=[], rejected=[]) for r in rows], params,
-                                extra={"student_samples": settings})
+                                extra={"student_samples": settings,
+                                       "model": repr(model.config)})
     path = os.path.join(cache_dir, f"samples-{key}.json")
     samples = None
     if os.path.exists(path):

@@ -381,7 +381,8 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
             "logits_chunk", 128)), ld_alpha=cfg.loss.get("ld_alpha")))
         cache_kw = dict(cache_dir=ref_cfg.get("cache_dir") or os.path.join(workdir, "ref_cache"),
                         pad_id=tokenizer.pad_id, buckets=it.buckets, batch_size=batch_size,
-                        extra={"ld_alpha": cfg.loss.get("ld_alpha")}, log=log)
+                        extra={"ld_alpha": cfg.loss.get("ld_alpha"),
+                               "model": repr(model.config)}, log=log)
         rows = ref_cache.attach(rows, ref_cache.cached_ref_logps(ref_fn, params0, rows,
                                                                  **cache_kw))
         eval_rows = ref_cache.attach(eval_rows, ref_cache.cached_ref_logps(

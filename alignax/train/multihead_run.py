@@ -222,7 +222,7 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
         width = buckets or D.default_buckets(limits.max_length)
         cache_kw = dict(cache_dir=cfg.reference.get("cache_dir") or os.path.join(
             workdir, "ref_cache"), pad_id=tokenizer.pad_id, buckets=width,
-            batch_size=batch_size, log=log)
+            batch_size=batch_size, extra={"model": repr(base.config)}, log=log)
         rows = ref_cache.attach(rows, ref_cache.cached_ref_logps(ref_fn, ref_params0, rows,
                                                                  **cache_kw))
         if eval_rows:
