@@ -53,12 +53,14 @@ def test_smoke_configs_run_from_sft(name, sft_export, tmp_path):
 
 def test_resume_is_identical(tmp_path):
     # 4 steps straight vs 2 steps, stop, rerun the same command: the same losses and params.
+    # The summary too: eval_before is measured once, before step 1, and kept for the resume.
     straight = str(tmp_path / "a")
-    loop.run(_cfg("dpo", "--config.train.eval_every=0"), straight, log=lambda *_: None)
+    ev = "--config.train.eval_every=4"
+    sa = loop.run(_cfg("dpo", ev), straight, log=lambda *_: None)
     resumed = str(tmp_path / "b")
-    loop.run(_cfg("dpo", "--config.train.eval_every=0", "--config.train.steps=2"), resumed,
-             log=lambda *_: None)
-    loop.run(_cfg("dpo", "--config.train.eval_every=0"), resumed, log=lambda *_: None)
+    loop.run(_cfg("dpo", ev, "--config.train.steps=2"), resumed, log=lambda *_: None)
+    sb = loop.run(_cfg("dpo", ev), resumed, log=lambda *_: None)
+    assert sb["eval_before"] == sa["eval_before"] and sb["eval_after"] == sa["eval_after"]
     a, b = metrics.read_metrics(straight), metrics.read_metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
@@ -133,3 +135,15 @@ def test_ref_cache_fingerprint_sees_data_weights_and_settings():
     assert key != ref_cache.fingerprint([dict(rows[0], rejected=[5])], params)
     assert key != ref_cache.fingerprint(rows, {"w": np.full((2, 2), 1.5, np.float32)})
     assert key != ref_cache.fingerprint(rows, params, extra={"ld_alpha": 0.5})
+
+
+def test_exports_carry_the_hf_tokenizer(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir(), out.mkdir()
+    (src / "tokenizer.json").write_text("{}")
+    (src / "tokenizer_config.json").write_text("{}")
+    cfg = _cfg("sft", f"--config.model.tokenizer={src}")
+    loop.export_tokenizer(cfg, str(out))
+    assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer_config.json"]
+    loop.export_tokenizer(_cfg("sft"), str(tmp_path / "none"))  # byte tokenizer: nothing
+    assert not (tmp_path / "none").exists()

@@ -222,15 +222,19 @@ def _run(cfg, workdir: str, *, log=print, extra: dict | None = None) -> dict[str
                 max_new_tokens=cfg.data.max_completion_length)
         return res
 
-    summary: dict[str, Any] = {"algorithm": cfg.algorithm, **(extra or {})}
     eval_every = int(cfg.train.get("eval_every", 0) or 0)
-    if start == 0 and eval_every:
-        summary["eval_before"] = evaluate(state)
-        if task_eval:
-            summary["teacher_task_accuracy"] = loop.task_accuracy(
-                teachers["dpo"], tokenizer, eval_prompts,
+
+    def before(teacher=teachers["dpo"]) -> dict[str, Any]:
+        out = {"eval_before": evaluate(state)} if eval_every else {}
+        if eval_every and task_eval:
+            out["teacher_task_accuracy"] = loop.task_accuracy(
+                teacher, tokenizer, eval_prompts,
                 max_new_tokens=cfg.data.max_completion_length)
-    del teachers
+        return out
+
+    summary: dict[str, Any] = {"algorithm": cfg.algorithm, **(extra or {}),
+                               **loop.before_training(workdir, start, before)}
+    del teachers, before
     result = loop.train_steps(cfg, workdir, mesh=mesh, state=state, start=start,
                               step_fn=step_fn, it=it, manager=manager, evaluate=evaluate,
                               eval_every=eval_every, tokens_scale=proc_count, log=log)
@@ -243,5 +247,6 @@ def _run(cfg, workdir: str, *, log=print, extra: dict | None = None) -> dict[str
     if cfg.train.get("export_hf", True):
         export = os.path.join(workdir, "hf")
         to_hf(nnx.merge(graphdef, jax.device_get(state.params)), export)
+        loop.export_tokenizer(cfg, export)
         summary["hf_export"] = export
     return loop.write_summary(summary, workdir)

@@ -101,5 +101,6 @@ def export_checkpoint(workdir: str, out: str, *, step: int | None = None,
         to_hf(_fill(base, params["policy"], what), out)
     else:
         to_hf(_fill(base, params, what), out)
+    loop.export_tokenizer(cfg, out)
     log(f"exported step {step} of {workdir} ({alg}) to {out}")
     return {"step": step, "algorithm": alg, "out": out}

@@ -216,6 +216,36 @@ def write_config(cfg, workdir: str) -> None:
         f.write(cfg.to_json(indent=2))
 
 
+def export_tokenizer(cfg, export: str) -> None:
+    """Copies the run's HF tokenizer files (`model.tokenizer`, else `model.path`) into the
+    export, so the export alone can be sampled, evaluated or trained from. Byte: nothing."""
+    import shutil
+
+    src = cfg.model.get("tokenizer") or cfg.model.get("path") or "byte"
+    if src == "byte" or not os.path.isdir(src) or os.path.abspath(src) == os.path.abspath(export):
+        return
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy(os.path.join(src, name), os.path.join(export, name))
+
+
+def before_training(workdir: str, start: int, compute) -> dict[str, Any]:
+    """The summary entries measured before the first step (`compute() -> dict`, e.g.
+    `{"eval_before": ...}`): computed on a fresh run and kept in `WORKDIR/before.json`, read
+    back on a resumed one, so a resumed run's summary equals an uninterrupted one's."""
+    path = os.path.join(workdir, "before.json")
+    if start == 0:
+        out = compute()
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=2)
+        os.replace(path + ".tmp", path)
+        return out
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return {}
+
+
 def write_summary(summary: dict[str, Any], workdir: str) -> dict[str, Any]:
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
@@ -415,9 +445,8 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
                     "eval_prompts", 128))], max_new_tokens=cfg.data.max_completion_length)
         return res
 
-    summary: dict[str, Any] = {"algorithm": cfg.algorithm}
-    if start == 0 and eval_every:
-        summary["eval_before"] = evaluate(state)
+    summary: dict[str, Any] = {"algorithm": cfg.algorithm, **before_training(
+        workdir, start, lambda: {"eval_before": evaluate(state)} if eval_every else {})}
     result = train_steps(cfg, workdir, mesh=mesh, state=state, start=start, step_fn=step_fn,
                          it=it, manager=manager, evaluate=evaluate, eval_every=eval_every,
                          tokens_scale=proc_count, log=log)
@@ -433,5 +462,6 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
         export = os.path.join(workdir, "hf")
         trained = nnx.merge(graphdef, jax.device_get(state.params))
         (save_reward_model if alg.reward_model else to_hf)(trained, export)
+        export_tokenizer(cfg, export)
         summary["hf_export"] = export
     return write_summary(summary, workdir)

@@ -179,18 +179,6 @@ def scale_trunk_updates(scale: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def _copy_tokenizer(cfg, export: str) -> None:
-    """Copies an HF tokenizer beside the export, so `alignax sample --model` finds it."""
-    import shutil
-
-    src = cfg.model.get("tokenizer") or cfg.model.get("path") or "byte"
-    if src == "byte" or not os.path.isdir(src):
-        return
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if os.path.exists(os.path.join(src, name)):
-            shutil.copy(os.path.join(src, name), os.path.join(export, name))
-
-
 # ------------------------------------------------------------------------------- the loop
 
 def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
@@ -282,9 +270,8 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
                 res.update({f"{label}/{name}": float(v) for name, v in zip(names, row)})
         return res
 
-    history: dict[str, Any] = {}
-    if start == 0 and eval_every:
-        history["eval_before"] = evaluate(state)
+    history = loop.before_training(
+        workdir, start, lambda: {"eval_before": evaluate(state)} if eval_every else {})
 
     def count_objectives(batch) -> dict[str, int]:
         counts = np.bincount(batch["objective"][batch["objective"] >= 0],
@@ -318,7 +305,7 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
         trained = nnx.merge(graphdef, jax.device_get(state.params))
         w = tuple(heads_cfg["export_weights"] or ()) or None
         save_multihead(trained, export, objectives=names, weights=w)
-        _copy_tokenizer(cfg, export)
+        loop.export_tokenizer(cfg, export)
         summary["hf_export"] = export
     return loop.write_summary(summary, workdir)
 

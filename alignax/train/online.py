@@ -420,9 +420,9 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     progress = M.Progress(tc.steps, every=int(tc.get("log_every", 10)))
     eval_every = int(tc.get("eval_every", 0) or 0)
     config_json = json.loads(cfg.to_json())
-    history: dict[str, Any] = {}
-    if start == 0 and eval_every:
-        history["eval_before"] = evaluate(state)
+    history = loop.before_training(
+        workdir, start, lambda: {"eval_before": evaluate(state)} if eval_every else {})
+    if start == 0 and "eval_before" in history:
         log(f"before training: {history['eval_before']}")
     t_run = time.perf_counter()
     last_loss, row = float("nan"), {}
@@ -480,6 +480,7 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     if tc.get("export_hf", True):
         export = os.path.join(workdir, "hf")
         to_hf(nnx.merge(graphdefs["policy"], jax.device_get(state.params["policy"])), export)
+        loop.export_tokenizer(cfg, export)
         summary["hf_export"] = export
     return loop.write_summary(summary, workdir)
 
