@@ -320,6 +320,19 @@ def rollout_metrics(rollout: dict, names, *, task: bool) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------- the loop
 
+def sampling_options(ro, tokenizer, *, prompt_width: int) -> RO.SamplingOptions:
+    """The sampler's settings from the `rollout` section. `stop_tokens` end a row in addition
+    to the tokenizer's EOS, never instead of it (as vLLM's stop_token_ids)."""
+    return RO.SamplingOptions(
+        num_samples=int(ro.num_generations), max_new_tokens=int(ro.max_new_tokens),
+        temperature=float(ro.temperature), top_k=int(ro.get("top_k", 0)),
+        top_p=float(ro.get("top_p", 1.0)),
+        stop_ids=tuple(dict.fromkeys((tokenizer.eos_id, *(ro.get("stop_tokens", ()) or ())))),
+        pad_id=tokenizer.pad_id, prompt_width=prompt_width)
+
+
+_RESAMPLE_TAG = 1 << 20  # fold_in tags of dynamic-sampling tries 1, 2, ...
+
 def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     """Trains the online algorithm `cfg.algorithm` in `workdir` (resuming there if it holds
     checkpoints). Returns the summary written to `workdir/summary.json`."""
@@ -334,7 +347,7 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     tokenizer = loop.build_tokenizer(cfg)
     limits = D.Limits(cfg.data.max_prompt_length, cfg.data.max_completion_length)
     examples, eval_prompts = _examples(cfg, tokenizer, limits)
-    b, g = tc.batch_size, int(ro.num_generations)
+    b = tc.batch_size
     epochs, minibatches = int(ro.get("num_epochs", 1)), int(ro.get("num_minibatches", 1))
     if b % minibatches:
         raise ValueError(f"train.batch_size={b} prompts do not split into "
@@ -342,12 +355,7 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     micro = int(tc.get("grad_accum", 1))
     sh.check_batch_size(b // minibatches, mesh=mesh, num_microbatches=micro)
     it = RO.PromptIterator(examples, batch_size=b, seed=tc.seed)
-    opts = RO.SamplingOptions(
-        num_samples=g, max_new_tokens=int(ro.max_new_tokens),
-        temperature=float(ro.temperature), top_k=int(ro.get("top_k", 0)),
-        top_p=float(ro.get("top_p", 1.0)),
-        stop_ids=tuple(ro.get("stop_tokens", ()) or ()) or (tokenizer.eos_id,),
-        pad_id=tokenizer.pad_id, prompt_width=limits.max_prompt_length)
+    opts = sampling_options(ro, tokenizer, prompt_width=limits.max_prompt_length)
 
     policy = loop.build_model(cfg)
     graphdefs, params0 = {}, {}
@@ -386,13 +394,21 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     max_tries = int(ro.get("max_resample", 4)) if dynamic else 1
 
     def collect(params, step_key):
-        """Samples and scores B groups; DAPO dynamic sampling drops all-equal groups."""
-        rollouts = []
+        """Samples and scores B groups; DAPO dynamic sampling drops all-equal groups.
+
+        Also returns the sampler's own totals over every try: wall seconds (generation and
+        decoding to text, not reward scoring), rows and generated tokens."""
+        rollouts, sampled = [], {"seconds": 0.0, "rows": 0, "tokens": 0}
         for attempt in range(max_tries):
             batch = it.next_batch()
+            # Try 0 draws with fold_in(key, 0); later tries use tags no epoch shuffle uses.
+            t0 = time.perf_counter()
             r = RO.sample(graphdefs["policy"], params["policy"], batch,
-                          jax.random.fold_in(step_key, attempt), opts, tokenizer=tokenizer,
-                          sharding=batch_sharding)
+                          jax.random.fold_in(step_key, attempt and _RESAMPLE_TAG + attempt),
+                          opts, tokenizer=tokenizer, sharding=batch_sharding)
+            sampled["seconds"] += time.perf_counter() - t0
+            sampled["rows"] += int(r["lengths"].size)
+            sampled["tokens"] += int(r["lengths"].sum())
             if alg.answers:
                 r = scorer.answer_rewards(RO.add_answers(scorer(r), batch,
                                                          pad_id=tokenizer.pad_id))
@@ -400,14 +416,14 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
                 r = scorer(r)
             rollouts.append(r)
             if not dynamic:
-                return r, {}
+                return r, {}, sampled
             index, num_informative = RO.dynamic_sampling_index(
                 [x["rewards"] for x in rollouts], b)
             if num_informative >= b:
                 break
         return RO.select_groups(rollouts, index), {
             "dynamic_sampling/batches": float(len(rollouts)),
-            "dynamic_sampling/flat_groups_kept": float(max(0, b - num_informative))}
+            "dynamic_sampling/flat_groups_kept": float(max(0, b - num_informative))}, sampled
 
     def evaluate(st) -> dict[str, float]:
         if not task:
@@ -430,7 +446,7 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
         for s in range(start + 1, tc.steps + 1):
             t0 = time.perf_counter()
             key, step_key = jax.random.split(key)
-            rollout, row = collect(state.params, step_key)
+            rollout, row, sampled = collect(state.params, step_key)
             t_sample = time.perf_counter() - t0
             row.update(rollout_metrics(rollout, scorer.names, task=task))
             batch = _device_batch(rollout, alg, batch_sharding)
@@ -456,11 +472,14 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
             last_loss = row["loss"]
             loop.check_finite(last_loss, s, manager=manager, workdir=workdir)
             dt = time.perf_counter() - t0
-            generated = float(rollout["lengths"].sum())
+            # Rates count every sampled row and token (dynamic sampling: all tries);
+            # time/rollout also includes reward scoring, sampler/* only the sampler.
             row.update({"time/rollout": t_sample, "time/step": dt,
-                        "samples_per_second": b * g / dt, "tokens_per_second": generated / dt,
-                        "sampler/tokens_per_second": generated / t_sample})
-            progress.update(s, loss=last_loss, tokens=int(generated))
+                        "samples_per_second": sampled["rows"] / dt,
+                        "tokens_per_second": sampled["tokens"] / dt,
+                        "sampler/tokens_per_second": sampled["tokens"] / sampled["seconds"],
+                        "sampler/seconds": sampled["seconds"]})
+            progress.update(s, loss=last_loss, tokens=sampled["tokens"])
             if eval_every and (s % eval_every == 0 or s == tc.steps):
                 row.update({f"eval/{k}": v for k, v in evaluate(state).items()})
             writer.write(s, row)

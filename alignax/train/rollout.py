@@ -151,7 +151,12 @@ def add_answers(rollout: dict, examples: Sequence[PromptExample], *, pad_id: int
     for i, e in enumerate(examples):
         if not e.answer_ids:
             raise ValueError(f"prompt {e.prompt!r} has no reference answer (GRAO needs one)")
-        ans = list(e.answer_ids)[:n]
+        if len(e.answer_ids) > n:
+            raise ValueError(f"prompt {e.prompt!r}: the reference answer has "
+                             f"{len(e.answer_ids)} tokens (EOS included), more than "
+                             f"rollout.max_new_tokens={n}; raise max_new_tokens (GRAO scores and "
+                             "trains on the whole answer)")
+        ans = list(e.answer_ids)
         tokens[i, :len(ans)], mask[i, :len(ans)] = ans, 1
     return dict(rollout, answer_tokens=tokens, answer_mask=mask)
 
@@ -182,8 +187,20 @@ def dynamic_sampling_index(rewards: Sequence[np.ndarray], batch_size: int
 
 
 def select_groups(rollouts: Sequence[dict], index: Sequence[tuple[int, int]]) -> dict:
-    """Concatenates groups `(rollout i, prompt b)` of several rollouts into one rollout."""
-    return {k: np.stack([rollouts[i][k][b] for i, b in index]) for k in rollouts[0]}
+    """Concatenates groups `(rollout i, prompt b)` of several rollouts into one rollout.
+
+    Object arrays (prompts: text or chat message lists; answers) stay 1-D `[B]` of objects;
+    `np.stack` would turn equal-length message lists into a 2-D array, or fail on unequal ones.
+    """
+    out = {}
+    for k in rollouts[0]:
+        items = [rollouts[i][k][b] for i, b in index]
+        if rollouts[0][k].dtype == object:
+            out[k] = np.empty(len(items), object)
+            out[k][:] = items
+        else:
+            out[k] = np.stack(items)
+    return out
 
 
 # ------------------------------------------------------------------------------- rewards

@@ -122,6 +122,33 @@ def test_dynamic_sampling_index():
     np.testing.assert_array_equal(picked, [[0.0, 1.0], [0.0, 0.5], [1.0, 2.0]])
 
 
+def test_select_groups_keeps_chat_prompts_one_dimensional():
+    # Chat prompts are lists of messages: np.stack would make them 2-D (or fail when the
+    # groups' conversations differ in length).
+    def chat(*turns):
+        out = np.empty(len(turns), object)
+        out[:] = [[{"role": "user", "content": t}] * (i + 1) for i, t in enumerate(turns)]
+        return out
+
+    a = {"prompts": chat("a", "b"), "r": np.array([[1.0, 2.0], [3.0, 4.0]])}
+    b = {"prompts": chat("c", "d"), "r": np.array([[5.0, 6.0], [7.0, 8.0]])}
+    out = RO.select_groups([a, b], [(0, 0), (1, 1)])
+    assert out["prompts"].shape == (2,) and out["prompts"].dtype == object
+    assert out["prompts"][0] == a["prompts"][0] and out["prompts"][1] == b["prompts"][1]
+    np.testing.assert_array_equal(out["r"], [[1.0, 2.0], [7.0, 8.0]])
+
+
+def test_stop_tokens_add_to_eos():
+    import ml_collections
+
+    tok = ByteTokenizer()
+    ro = ml_collections.ConfigDict(dict(num_generations=2, max_new_tokens=4, temperature=1.0,
+                                        stop_tokens=(10,)))
+    assert online.sampling_options(ro, tok, prompt_width=8).stop_ids == (tok.eos_id, 10)
+    ro.stop_tokens = ()
+    assert online.sampling_options(ro, tok, prompt_width=8).stop_ids == (tok.eos_id,)
+
+
 def test_reward_scorer_shaping_and_answers():
     tok = ByteTokenizer()
     scorer = RO.RewardScorer([("correct", R.arithmetic_correct)], [2.0], length_penalty=0.1,
@@ -139,6 +166,9 @@ def test_reward_scorer_shaping_and_answers():
     out = scorer.answer_rewards(RO.add_answers(out, ex, pad_id=PAD))
     np.testing.assert_array_equal(out["answer_tokens"], [[53, EOS, PAD]])
     np.testing.assert_allclose(out["answer_reward"], [2.0 - 0.2])  # R(y, y), 2 tokens
+    long = [RO.PromptExample("2+3=", (1,), "5555", (53, 53, 53, 53, EOS))]
+    with pytest.raises(ValueError, match="5 tokens .* rollout.max_new_tokens=3"):
+        RO.add_answers(out, long, pad_id=PAD)
     with pytest.raises(ValueError, match="reward.weights has 2 entries"):
         RO.RewardScorer([("correct", R.arithmetic_correct)], [1.0, 2.0])
 
