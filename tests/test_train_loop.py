@@ -147,3 +147,20 @@ def test_exports_carry_the_hf_tokenizer(tmp_path):
     assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer_config.json"]
     loop.export_tokenizer(_cfg("sft"), str(tmp_path / "none"))  # byte tokenizer: nothing
     assert not (tmp_path / "none").exists()
+
+
+def test_mean_eval_metrics_weights_per_objective_metrics():
+    # Batch 1 has no pair of objective "a" (its metrics read 0), batch 2 has two: the mean of
+    # a/loss must be batch 2's value, not half of it; other metrics stay plain means.
+    import ml_collections
+
+    from alignax import sharding as sh
+
+    mets = iter([{"a/loss": 0.0, "a/examples": 0.0, "b/loss": 0.2},
+                 {"a/loss": 0.6, "a/examples": 2.0, "b/loss": 0.4}])
+    cfg = ml_collections.ConfigDict({"train": {"batch_size": 2, "eval_batches": 2}})
+    res = loop.mean_eval_metrics(
+        cfg, lambda st, b: (1.0, next(mets)), None, [0, 1, 2, 3], lambda: iter([0, 1]),
+        mesh=sh.make_mesh({"data": -1}),
+        weight_of=lambda k: "a/examples" if k == "a/loss" else None)
+    assert res == pytest.approx({"a/loss": 0.6, "a/examples": 1.0, "b/loss": 0.3, "loss": 1.0})

@@ -283,10 +283,15 @@ def eval_fn_for(objective):
                                               if st.ref_params is not None else {})))
 
 
-def mean_eval_metrics(cfg, eval_fn, state, eval_rows, make_batches, *,
-                      mesh) -> dict[str, float]:
+def mean_eval_metrics(cfg, eval_fn, state, eval_rows, make_batches, *, mesh,
+                      weight_of=None) -> dict[str, float]:
     """Mean loss and metrics of `eval_fn` over up to `train.eval_batches` batches of the
-    unshuffled iterator `make_batches()` over `eval_rows` ({} if they fill no batch)."""
+    unshuffled iterator `make_batches()` over `eval_rows` ({} if they fill no batch).
+
+    `weight_of(key)` may name another metric that counts the examples behind `key` in each
+    batch (e.g. a per-objective metric and that objective's `examples`): such metrics are
+    averaged weighted by it, so a batch without those examples (metric 0) does not dilute them.
+    """
     if len(eval_rows) < cfg.train.batch_size:
         return {}
     batches = make_batches()
@@ -297,7 +302,12 @@ def mean_eval_metrics(cfg, eval_fn, state, eval_rows, make_batches, *,
             loss, mets = eval_fn(state, next(batches))
         for k, v in dict(mets, loss=loss).items():
             out.setdefault(k, []).append(float(v))
-    return {k: float(np.mean(v)) for k, v in out.items()}
+    res = {}
+    for k, v in out.items():
+        w = out.get(weight_of(k)) if weight_of is not None and weight_of(k) else None
+        res[k] = (float(np.dot(v, w) / np.sum(w)) if np.sum(w) > 0 else 0.0) if w else float(
+            np.mean(v))
+    return res
 
 
 def check_finite(loss: float, step: int, *, manager, workdir: str) -> None:

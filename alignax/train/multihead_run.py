@@ -179,6 +179,22 @@ def scale_trunk_updates(scale: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def multihead_optimizer(optim: dict, *, total_steps: int,
+                        trunk_lr_scale: float = 1.0) -> optax.GradientTransformation:
+    """The `optim` section's optimizer with the trunk's updates scaled by `trunk_lr_scale`.
+
+    0 freezes the trunk: its gradients are also zeroed *before* the optimizer, so they take no
+    part in global-norm clipping (the heads' steps do not shrink by gradients never applied)
+    and weight decay cannot move it.
+    """
+    tx = optimizer_from_config(optim, total_steps=total_steps)
+    if trunk_lr_scale == 0.0:
+        return optax.chain(scale_trunk_updates(0.0), tx, scale_trunk_updates(0.0))
+    if trunk_lr_scale != 1.0:
+        return optax.chain(tx, scale_trunk_updates(trunk_lr_scale))
+    return tx
+
+
 # ------------------------------------------------------------------------------- the loop
 
 def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
@@ -226,10 +242,8 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
 
     steps = cfg.train.steps
     optim = dict(cfg.optim)
-    tx = optimizer_from_config(optim, total_steps=steps)
-    trunk_scale = float(heads_cfg["trunk_lr_scale"])
-    if trunk_scale != 1.0:
-        tx = optax.chain(tx, scale_trunk_updates(trunk_scale))
+    tx = multihead_optimizer(optim, total_steps=steps,
+                             trunk_lr_scale=float(heads_cfg["trunk_lr_scale"]))
     lr_fn = schedule_from_config(optim, total_steps=steps)
     ref_dtype = cfg.reference.get("dtype") or None
     needs_ref = not precompute and not reference_free
@@ -259,10 +273,15 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     if num_heads == len(names) and num_heads > 1:
         labels = [f"{n}_head" for n in names] + labels[num_heads:]
 
+    def per_objective_weight(key: str) -> str | None:
+        name, _, metric = key.partition("/")
+        return f"{name}/examples" if name in names and metric != "examples" else None
+
     def evaluate(st) -> dict[str, float]:
         res = loop.mean_eval_metrics(cfg, eval_fn, st, eval_rows, lambda: D.BatchIterator(
             eval_rows, global_batch_size=batch_size, pad_id=tokenizer.pad_id,
-            max_length=limits.max_length, buckets=buckets, shuffle=False), mesh=mesh)
+            max_length=limits.max_length, buckets=buckets, shuffle=False), mesh=mesh,
+            weight_of=per_objective_weight)
         if task_eval:
             scores = task_scores(graphdef, st.params, tokenizer, prompts, weights,
                                  max_new_tokens=cfg.data.max_completion_length)

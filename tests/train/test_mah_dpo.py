@@ -207,3 +207,27 @@ def test_trunk_lr_scale_scales_only_trunk_updates(base):
     assert len(trunk) == len(flat) - 1 and all(np.all(t == 0.25) for t in trunk)
     with pytest.raises(ValueError, match="heads.trunk_lr_scale"):
         scale_trunk_updates(-1.0)
+
+
+def test_frozen_trunk_gradients_do_not_shrink_the_heads_steps(base):
+    # trunk_lr_scale=0: with global-norm clipping active, the heads' updates must not depend
+    # on how large the (never applied) trunk gradients are, and the trunk must not move even
+    # under weight decay.
+    from alignax.train.multihead_run import multihead_optimizer
+
+    _, params = nnx.split(MultiHeadLM.from_base(base, 2, noise_std=0.0))
+    tx = multihead_optimizer(dict(learning_rate=1e-2, warmup_steps=0, max_grad_norm=1.0,
+                                  weight_decay=0.1), total_steps=10, trunk_lr_scale=0.0)
+
+    def heads_and_trunk(trunk_grad):
+        grads = jax.tree_util.tree_map_with_path(
+            lambda p, x: jnp.full_like(x, trunk_grad if p[0].key == "trunk" else 0.5), params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        flat = dict(nnx.to_flat_state(updates))
+        return (np.asarray(flat[("heads", "weight")][...]),
+                max(float(np.abs(np.asarray(v[...])).max()) for k, v in flat.items()
+                    if k[0] == "trunk"))
+
+    small, big = heads_and_trunk(1e-3), heads_and_trunk(1e3)
+    np.testing.assert_array_equal(small[0], big[0])
+    assert np.abs(small[0]).max() > 0 and small[1] == 0.0 and big[1] == 0.0
