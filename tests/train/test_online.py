@@ -68,13 +68,15 @@ def test_online_smoke_configs(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_grpo_resume_is_identical(tmp_path):
-    # 4 steps straight vs 2 steps, stop, rerun: the same rollouts, metrics and parameters.
-    base = ("--config.train.eval_every=0", *GRPO)
+@pytest.mark.parametrize("name", ["grpo", "ppo"])
+def test_resume_is_identical(name, tmp_path):
+    # 4 steps straight vs 2 steps, stop, rerun: the same rollouts, metrics and parameters
+    # (PPO: the critic and its optimizer state are in the checkpoint too).
+    base = ("--config.train.eval_every=0", *(GRPO if name == "grpo" else ()))
     straight, resumed = str(tmp_path / "a"), str(tmp_path / "b")
-    loop.run(_cfg("grpo", *base), straight, **QUIET)
-    loop.run(_cfg("grpo", *base, "--config.train.steps=2"), resumed, **QUIET)
-    loop.run(_cfg("grpo", *base), resumed, **QUIET)
+    loop.run(_cfg(name, *base), straight, **QUIET)
+    loop.run(_cfg(name, *base, "--config.train.steps=2"), resumed, **QUIET)
+    loop.run(_cfg(name, *base), resumed, **QUIET)
     a, b = metrics.read_metrics(straight), metrics.read_metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     timing = {"time/rollout", "time/step", "samples_per_second", "tokens_per_second",
