@@ -154,6 +154,26 @@ def _mesh_shape(mesh) -> Mapping[str, int]:
 # ----------------------------------------------------------------------------------------------
 
 
+def decode_rules(rules: Rules | None = None) -> Rules:
+    """`rules` with no weight sharded over a data-parallel axis (those of `batch`, e.g.
+    `fsdp`); tensor-parallel splits and the batch stay.
+
+    The layout a decode loop wants: each generated token reads every weight, so FSDP-sharded
+    weights would be all-gathered again at every token. Resharding once before the loop
+    (device to device) costs one gather per rollout instead.
+    """
+    rules = dict(current_rules() if rules is None else rules)
+    dp = set(_rule_axes("batch", rules))
+    out: dict[str, str | tuple[str, ...] | None] = {}
+    for name, axes in rules.items():
+        if name == "batch":
+            out[name] = axes
+            continue
+        kept = tuple(a for a in _rule_axes(name, rules) if a not in dp)
+        out[name] = None if not kept else kept[0] if len(kept) == 1 else kept
+    return out
+
+
 def _rule_axes(name: str, rules: Rules) -> tuple[str, ...]:
     if name not in rules:
         raise KeyError(f"unknown logical axis {name!r}; the rules table knows {sorted(rules)}")

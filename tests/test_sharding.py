@@ -175,3 +175,28 @@ def test_two_processes_match_one_process(tmp_path):
     assert abs(float(got["loss"]) - reference["loss"]) <= 1e-5
     for key, value in reference["params"].items():
         np.testing.assert_allclose(got[key], value, atol=1e-5, rtol=0)
+
+
+def test_decode_rules_drop_data_parallel_axes_from_weights_only():
+    rules = sh.decode_rules()
+    assert rules["batch"] == sh.DEFAULT_RULES["batch"]
+    assert rules["embed"] is None and rules["mlp"] == "tensor" and rules["vocab"] == "tensor"
+    custom = sh.decode_rules({"batch": "data", "embed": ("data", "tensor"), "mlp": None})
+    assert custom == {"batch": "data", "embed": "tensor", "mlp": None}
+
+
+def test_sampler_params_are_cast_and_gathered_off_fsdp():
+    from alignax.models import init_model, tiny_config
+    from alignax.train import rollout as RO
+
+    mesh = sh.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    _, params = nnx.split(init_model(tiny_config(hidden_size=32, intermediate_size=64,
+                                                 num_heads=2, num_kv_heads=2), seed=0))
+    sharded = jax.device_put(params, sh.tree_shardings(params, mesh=mesh))
+    specs = [s.spec for s in jax.tree.leaves(sh.tree_shardings(params, mesh=mesh))]
+    assert any("fsdp" in str(s) for s in specs)  # the training layout does use fsdp
+    out = RO.sampler_params_fn(params, mesh=mesh, dtype=jnp.bfloat16)(sharded)
+    for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(params), strict=True):
+        assert "fsdp" not in str(x.sharding.spec) and x.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y).astype(jnp.bfloat16))
+    assert any("tensor" in str(x.sharding.spec) for x in jax.tree.leaves(out))

@@ -393,17 +393,20 @@ def run(cfg, workdir: str, *, log=print) -> dict[str, Any]:
     dynamic = bool(ro.get("dynamic_sampling", False))
     max_tries = int(ro.get("max_resample", 4)) if dynamic else 1
 
+    to_sampler = RO.sampler_params_fn(params0["policy"], mesh=mesh, dtype=policy.config.dtype)
+
     def collect(params, step_key):
         """Samples and scores B groups; DAPO dynamic sampling drops all-equal groups.
 
         Also returns the sampler's own totals over every try: wall seconds (generation and
         decoding to text, not reward scoring), rows and generated tokens."""
         rollouts, sampled = [], {"seconds": 0.0, "rows": 0, "tokens": 0}
+        policy_params = to_sampler(params["policy"])  # once per rollout, device to device
         for attempt in range(max_tries):
             batch = it.next_batch()
             # Try 0 draws with fold_in(key, 0); later tries use tags no epoch shuffle uses.
             t0 = time.perf_counter()
-            r = RO.sample(graphdefs["policy"], params["policy"], batch,
+            r = RO.sample(graphdefs["policy"], policy_params, batch,
                           jax.random.fold_in(step_key, attempt and _RESAMPLE_TAG + attempt),
                           opts, tokenizer=tokenizer, sharding=batch_sharding)
             sampled["seconds"] += time.perf_counter() - t0

@@ -30,8 +30,10 @@ from flax import nnx
 from alignax import data as D
 from alignax import losses
 from alignax import rewards as R
+from alignax import sharding as sh
 from alignax.models import Transformer, ValueHead, logprobs
 from alignax.sampling import completions_text, left_pad, sample_tokens
+from alignax.sampling.sampler import cast_params
 
 # ------------------------------------------------------------------------------- prompts
 
@@ -109,6 +111,16 @@ class SamplingOptions:
     stop_ids: tuple[int, ...]
     pad_id: int
     prompt_width: int
+
+
+def sampler_params_fn(params_like, *, mesh, dtype):
+    """A jitted `params -> params` for the sampler: floating leaves cast to the compute `dtype`
+    and resharded on device to `sharding.decode_rules()` (weights not split over `fsdp`), so
+    the decode loop neither re-casts float32 master weights nor all-gathers FSDP shards at
+    every token. `params_like`: the policy's parameters (arrays or abstract, with NNX
+    logical-axis metadata)."""
+    shardings = sh.tree_shardings(params_like, mesh=mesh, rules=sh.decode_rules())
+    return jax.jit(lambda p: cast_params(p, dtype), out_shardings=shardings)
 
 
 def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: SamplingOptions, *,
