@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignax.models.cache import KVCache, init_cache
-from alignax.sampling.sampler import Samples, draw_token, left_pad
+from alignax.models.cache import init_cache
+from alignax.sampling.sampler import Samples, draw_token, left_pad, repeat_cache
 
 
 class Sweep(NamedTuple):
@@ -83,14 +83,6 @@ def check_head_weights(weights, num_heads: int, *, field: str = "head weights") 
     return w / w.sum(-1, keepdims=True)
 
 
-def _repeat_cache(cache: KVCache, g: int) -> KVCache:
-    if g == 1:
-        return cache
-    rep = lambda x, axis: jnp.repeat(x, g, axis=axis)
-    return KVCache(k=rep(cache.k, 1), v=rep(cache.v, 1), valid=rep(cache.valid, 0),
-                   index=cache.index, next_position=rep(cache.next_position, 0))
-
-
 def _prefill(model, prompt_ids, prompt_mask, *, num_samples, max_new_tokens):
     """Weight-independent part: `[R, E]` last prompt state and the repeated cache."""
     trunk = model.trunk
@@ -98,7 +90,7 @@ def _prefill(model, prompt_ids, prompt_mask, *, num_samples, max_new_tokens):
     cache = init_cache(trunk.config, b, p + max_new_tokens)
     hidden, cache = trunk.hidden_states(prompt_ids, prompt_mask, cache=cache)
     last = jnp.repeat(hidden[:, -1], num_samples, axis=0)
-    return last, _repeat_cache(cache, num_samples)
+    return last, repeat_cache(cache, num_samples)
 
 
 def _decode(model, last, cache, key, weights, *, max_new_tokens, temperature, top_k, top_p,

@@ -95,7 +95,8 @@ def cast_params(params, dtype):
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
-def _repeat_cache(cache: KVCache, g: int) -> KVCache:
+def repeat_cache(cache: KVCache, g: int) -> KVCache:
+    """A prefilled `[B, ...]` cache repeated G times along the rows (prompt-major `[B*G]`)."""
     if g == 1:
         return cache
     rep = lambda x, axis: jnp.repeat(x, g, axis=axis)
@@ -138,7 +139,7 @@ def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, *, num_samples
     cache = init_cache(model.config, b, p + n)
     hidden, cache = model.hidden_states(prompt_ids, prompt_mask, cache=cache)
     logits = jnp.repeat(model.logits(hidden[:, -1:])[:, 0], num_samples, axis=0)
-    cache = _repeat_cache(cache, num_samples)
+    cache = repeat_cache(cache, num_samples)
     layers = _unstack_layers(model)
     kv = [(cache.k[i], cache.v[i]) for i in range(len(layers))]  # one copy, before the loop
     stops = jnp.asarray(stop_ids, jnp.int32)
