@@ -75,7 +75,8 @@ class Restored(NamedTuple):
     config: dict[str, Any]
 
 
-def _path_key(path) -> str:
+def path_key(path) -> str:
+    """A tree path as "a/b/0": how checkpoints and exports match leaves across trees."""
     parts = []
     for k in path:
         for attr in ("key", "idx", "name"):
@@ -89,7 +90,7 @@ def _path_key(path) -> str:
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_key(p): tuple(x.shape) for p, x in flat if hasattr(x, "shape")}
+    return {path_key(p): tuple(x.shape) for p, x in flat if hasattr(x, "shape")}
 
 
 def check_compatible(manager: ocp.CheckpointManager, *, step: int, target: Any) -> None:

@@ -21,29 +21,23 @@ def _train(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, help="PATH[:VARIANT]")
     parser.add_argument("--workdir", required=True)
     args, rest = parser.parse_known_args(argv)
-    from alignax import config as C
+    from alignax import algorithms, config
     from alignax.data import DataError
+    from alignax.train.runner import TrainingError
 
     try:
-        cfg = C.load_config(args.config)
-        C.apply_overrides(cfg, rest)
-        C.validate(cfg, source=args.config)
-        from alignax.train import loop
-
-        summary = loop.run(cfg, args.workdir)
-    except (C.ConfigError, DataError) as e:
+        cfg = config.load_config(args.config)
+        config.apply_overrides(cfg, rest)
+        summary = algorithms.run(cfg, args.workdir, source=args.config)
+    except (config.ConfigError, DataError) as e:
         print(f"alignax: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"alignax: error: {args.config}: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        from alignax.train.loop import TrainingError
-
-        if isinstance(e, TrainingError):
-            print(f"alignax: error: {e}", file=sys.stderr)
-            return 3
-        raise
+    except TrainingError as e:
+        print(f"alignax: error: {e}", file=sys.stderr)
+        return 3
     if "preempted_at" in summary:
         return 0
     line = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -121,16 +115,16 @@ def sample_lines(args):
     """Yields the JSON output lines of `alignax sample` (parsed `args`)."""
     import json
 
-    from alignax.models import from_hf, load_tokenizer
-    from alignax.sampling import heads as SH
-    from alignax.train import multihead as MH
+    from alignax import models
+    from alignax.models.multihead import HEADS_FILE, HEADS_META
+    from alignax.sampling import decode_completions, generate
 
     path = args.model
     if os.path.exists(os.path.join(path, "hf", "config.json")):
         path = os.path.join(path, "hf")  # a train workdir (its config.json is the run's)
     tok_path = args.tokenizer or (path if os.path.exists(os.path.join(path, "tokenizer.json"))
                                   else "byte")
-    tokenizer = load_tokenizer(tok_path)
+    tokenizer = models.load_tokenizer(tok_path)
     prompts = list(args.prompt) + (_read_prompts(args.prompts_file) if args.prompts_file
                                    else [])
     if not prompts:
@@ -143,9 +137,9 @@ def sample_lines(args):
         if not ok:
             raise ValueError(f"{name}: out of range")
     kw = dict(dtype=args.dtype or None)
-    multi = os.path.exists(os.path.join(path, MH.HEADS_FILE))
-    if multi:
-        model, names = MH.load_multihead(path, **kw)
+    weights = None
+    if os.path.exists(os.path.join(path, HEADS_FILE)):
+        model, names = models.load_multihead(path, **kw)
         if args.head_weights:
             try:
                 raw = [float(x) for x in args.head_weights.split(",")]
@@ -153,56 +147,32 @@ def sample_lines(args):
                 raise ValueError(f"--head-weights: expected comma-separated numbers, got "
                                  f"{args.head_weights!r}") from None
         else:
-            with open(os.path.join(path, MH.HEADS_META), encoding="utf-8") as f:
+            with open(os.path.join(path, HEADS_META), encoding="utf-8") as f:
                 raw = json.load(f)["export_weights"]
         heads = f" ({', '.join(names)})" if names else ""
-        weights = SH.check_head_weights(raw, model.num_heads,
-                                        field=f"--head-weights for {model.num_heads} heads"
-                                              f"{heads}")
+        weights = models.check_head_weights(
+            raw, model.num_heads, field=f"--head-weights for {model.num_heads} heads{heads}")
     else:
         if args.head_weights:
             raise ValueError(f"--head-weights: {path} is a single-head model (no "
-                             f"{MH.HEADS_FILE}); drop --head-weights or use a MAH-DPO export")
-        model, weights = from_hf(path, **kw), None
+                             f"{HEADS_FILE}); drop --head-weights or use a MAH-DPO export")
+        model = models.from_hf(path, **kw)
+    ids = [tokenizer.encode(p) for p in prompts]
+    if any(not x for x in ids):
+        raise ValueError("an empty prompt (no tokens); every prompt needs text")
     stops = (int(tokenizer.eos_id),)
-    opts = dict(max_new_tokens=args.max_new_tokens, eos_id=tokenizer.eos_id,
-                pad_id=tokenizer.pad_id, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p, num_samples=args.num_samples, stop_ids=stops)
-    for start in range(0, len(prompts), args.batch_size):
-        chunk = prompts[start:start + args.batch_size]
-        ids = [tokenizer.encode(p) for p in chunk]
-        if any(not x for x in ids):
-            raise ValueError("an empty prompt (no tokens); every prompt needs text")
-        seed = args.seed + start  # distinct draws per chunk, reproducible under --seed
-        if multi:
-            out = SH.generate_mixed(model, ids, weights, seed=seed, **opts)
-        else:
-            out = _generate_plain(model, ids, seed=seed, **opts)
-        texts = SH.decode_completions(tokenizer, out.tokens, out.mask, stop_ids=stops)
-        for r, text in enumerate(texts):
-            row = {"prompt": chunk[r // args.num_samples], "sample": r % args.num_samples,
-                   "completion": text}
-            if weights is not None:
-                row["head_weights"] = [round(float(w), 6) for w in weights]
-            yield json.dumps(row, ensure_ascii=False)
-
-
-def _generate_plain(model, prompts, *, seed, max_new_tokens, eos_id, pad_id, temperature,
-                    top_k, top_p, num_samples, stop_ids):
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    from alignax.sampling.sampler import left_pad, sample_tokens
-
-    del eos_id
-    graphdef, params = nnx.split(model)
-    ids, mask = left_pad(prompts, pad_id)
-    out = sample_tokens(graphdef, params, ids, mask, jax.random.key(seed),
-                        num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
-                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                        stop_ids=tuple(stop_ids), pad_id=int(pad_id))
-    return type(out)(*(np.asarray(x) for x in out))
+    out = generate(model, ids, max_new_tokens=args.max_new_tokens, eos_id=tokenizer.eos_id,
+                   pad_id=tokenizer.pad_id, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, num_samples=args.num_samples, stop_ids=stops,
+                   head_weights=weights, seed=args.seed,
+                   batch_size=min(args.batch_size, len(prompts)))
+    texts = decode_completions(tokenizer, out.tokens, out.mask, stop_ids=stops)
+    for r, text in enumerate(texts):
+        row = {"prompt": prompts[r // args.num_samples], "sample": r % args.num_samples,
+               "completion": text}
+        if weights is not None:
+            row["head_weights"] = [round(float(w), 6) for w in weights]
+        yield json.dumps(row, ensure_ascii=False)
 
 
 def _eval(argv: list[str]) -> int:
@@ -214,7 +184,9 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("--model", action="append", required=True,
                         help="HF model directory or train WORKDIR (repeatable)")
     parser.add_argument("--data", default="", help="pairs file (JSONL / Parquet / tfds:...)")
-    parser.add_argument("--reference", default="", help="reference model for implicit rewards")
+    parser.add_argument("--reference", default="",
+                        help="reference model (HF directory or train WORKDIR) for implicit "
+                             "rewards")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--seed", type=int, default=10_000, help="task prompts' seed")
@@ -224,21 +196,23 @@ def _eval(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import json
 
-    from alignax import evaluate
     from alignax.data import DataError
+    from alignax.train import evaluation
 
-    models = [os.path.join(m, "hf") if os.path.isdir(os.path.join(m, "hf")) else m
-              for m in args.model]
+    as_export = lambda m: os.path.join(m, "hf") if os.path.isdir(os.path.join(m, "hf")) else m
+    models = [as_export(m) for m in args.model]
+    reference = as_export(args.reference) if args.reference else ""
     try:
-        for m in models + ([args.reference] if args.reference else []):
+        for m in models + ([reference] if reference else []):
             if not os.path.isdir(m):
                 raise FileNotFoundError(f"--model/--reference: {m} is not a directory")
         if args.data:
-            results = {m: evaluate.pair_scores(m, args.data, reference_dir=args.reference or None,
-                                               beta=args.beta, tokenizer=args.tokenizer or None)
+            results = {m: evaluation.pair_scores(m, args.data, reference_dir=reference or None,
+                                                 beta=args.beta,
+                                                 tokenizer=args.tokenizer or None)
                        for m in models}
         else:
-            results = {m: {"task_accuracy": v} for m, v in evaluate.task_scores(
+            results = {m: {"task_accuracy": v} for m, v in evaluation.task_scores(
                 models, num_prompts=args.num_prompts, seed=args.seed,
                 max_operand=args.max_operand, tokenizer=args.tokenizer or None).items()}
     except (ValueError, FileNotFoundError, DataError) as e:
@@ -261,11 +235,11 @@ def _convert(argv: list[str]) -> int:
     parser.add_argument("--step", type=int, default=None, help="default: the latest")
     parser.add_argument("--out", required=True, help="the HF directory to write")
     args = parser.parse_args(argv)
-    from alignax.train import export
+    from alignax import algorithms
 
     try:
-        export.export_checkpoint(args.workdir, args.out, step=args.step,
-                                 log=lambda m: print(f"alignax: {m}"))
+        algorithms.export_checkpoint(args.workdir, args.out, step=args.step,
+                                     log=lambda m: print(f"alignax: {m}"))
     except (ValueError, FileNotFoundError) as e:
         print(f"alignax: error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@
 3. print a before/after table (greedy task accuracy on held-out prompts, held-out preference
    accuracy, reward margin) and write `curves.png` into the workdir.
 
-`alignax demo --losses` prints every loss on the worked example of ALGORITHMS.md §4 instead.
+`alignax demo --losses` prints every loss on one worked pair (docs/algorithms.md) instead.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def loss_table() -> list[tuple[str, float]]:
 
 
 def print_losses() -> None:
-    print("alignax loss library on the worked pair of ALGORITHMS.md §4 (beta=0.1):")
+    print("alignax loss library on one worked pair (docs/algorithms.md, beta=0.1):")
     rows = loss_table()
     width = max(len(n) for n, _ in rows)
     for name, value in rows:
@@ -93,22 +93,20 @@ def plot_curves(workdir: str, runs: dict[str, str]) -> str:
 
 
 def run_demo(workdir: str, configs: str) -> dict:
-    from alignax import config as C
-    from alignax.train import loop
+    from alignax import algorithms, config
 
     def load(name, *overrides):
-        cfg = C.load_config(os.path.join(configs, f"{name}.py") + ":demo")
-        C.apply_overrides(cfg, list(overrides))
-        C.validate(cfg, source=name)
-        return cfg
+        cfg = config.load_config(os.path.join(configs, f"{name}.py") + ":demo")
+        return config.apply_overrides(cfg, list(overrides))
 
     sft_dir, dpo_dir = os.path.join(workdir, "sft"), os.path.join(workdir, "dpo")
     for d in (sft_dir, dpo_dir):  # a demo is a fresh run: never resume an old one
         shutil.rmtree(d, ignore_errors=True)
     print("== 1/2 SFT on noisy arithmetic answers", flush=True)
-    sft = loop.run(load("sft"), sft_dir)
+    sft = algorithms.run(load("sft"), sft_dir, source="sft.py:demo")
     print("== 2/2 DPO from the SFT model (it is also the reference)", flush=True)
-    dpo = loop.run(load("dpo", f"--config.model.path={sft['hf_export']}"), dpo_dir)
+    dpo = algorithms.run(load("dpo", f"--config.model.path={sft['hf_export']}"), dpo_dir,
+                         source="dpo.py:demo")
     before, after = dpo["eval_before"], dpo["eval_after"]
     table = [
         ("greedy task accuracy (held out)", sft["eval_before"]["task_accuracy"],

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -444,83 +443,3 @@ def check_batch_size(batch_size: int, *, mesh, num_microbatches: int = 1,
                 f"micro-batch size {micro} (batch size {batch_size} / {num_microbatches})")
         raise ValueError(f"{what} is not divisible by the data-parallel size {dp} "
                          f"(mesh axes {axes})")
-
-
-def process_batch_slice(global_batch_size: int, *, mesh: Mesh,
-                        rules: Rules | None = None) -> slice:
-    """The rows of the global batch that this process loads (`[start, stop)` of `B`).
-
-    Each process reads only `global_batch[process_batch_slice(B, mesh=mesh)]` and passes it to
-    `host_local_to_global`. In a single process this is `slice(0, B)`.
-    """
-    check_batch_size(global_batch_size, mesh=mesh, rules=rules)
-    sharding = batch_sharding(mesh, rules=rules)
-    index_map = sharding.addressable_devices_indices_map((global_batch_size,))
-    rows = sorted({(idx[0].start or 0, global_batch_size if idx[0].stop is None else
-                    idx[0].stop) for idx in index_map.values()})
-    for (_, stop), (start, _) in zip(rows[:-1], rows[1:]):
-        if stop != start:
-            raise ValueError(f"process {jax.process_index()} owns non-contiguous batch rows "
-                             f"{rows}; order the mesh devices by process")
-    return slice(rows[0][0], rows[-1][1])
-
-
-def host_local_to_global(local_batch, *, mesh: Mesh, rules: Rules | None = None) -> Any:
-    """Turns each process's slice of the global batch into global `jax.Array`s.
-
-    Args:
-      local_batch: pytree of `[B_local, ...]` host arrays, rows
-        `process_batch_slice(B, mesh=mesh)` of the global batch (all of it in one process).
-    Returns:
-      pytree of `[B, ...]` arrays with `batch_sharding(mesh)`, ready for the jitted step.
-    """
-    sharding = batch_sharding(mesh, rules=rules)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
-
-
-# ----------------------------------------------------------------------------------------------
-# Multi-host
-# ----------------------------------------------------------------------------------------------
-
-_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "OMPI_MCA_orte_hnp_uri", "MEGASCALE_COORDINATOR_ADDRESS")
-
-
-def _cluster_detected() -> bool:
-    """Whether the environment looks like a multi-process job that jax can auto-configure."""
-    if any(os.environ.get(k) for k in _CLUSTER_ENV):
-        return True
-    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return True
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_PROCESS_ADDRESSES")
-    return bool(hosts and "," in hosts)
-
-
-def initialize_distributed(*, coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None,
-                           local_device_ids: Sequence[int] | None = None) -> bool:
-    """Starts multi-host JAX; call once per process before any other JAX call.
-
-    * explicit: `coordinator_address="10.0.0.1:1234", num_processes=N, process_id=i`;
-    * auto-detected: TPU pods, SLURM (`srun`), Open MPI, or `JAX_COORDINATOR_ADDRESS` set:
-      `jax.distributed.initialize()` reads the cluster's environment;
-    * otherwise a single process: nothing to do.
-
-    On CPU the cross-process collectives use gloo (`jax_cpu_collectives_implementation`).
-
-    Returns:
-      whether `jax.distributed` is initialised (multi-process).
-    """
-    if jax.distributed.is_initialized():
-        return True
-    if coordinator_address is None and not _cluster_detected():
-        return False
-    try:
-        if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except AttributeError:  # pragma: no cover - flag renamed in a future jax
-        pass
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids)
-    return True

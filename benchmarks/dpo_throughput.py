@@ -46,10 +46,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from alignax import sharding as sh
+from alignax import sharding
+from alignax.algorithms.dpo import dpo_loss_fn
 from alignax.models import ModelConfig, Transformer
 from alignax.train import init_train_state, make_optimizer, make_train_step
-from alignax.train.objectives import dpo_objective
 
 # The issue's 1B shape and batch; `--tiny` shrinks everything for a CPU smoke run.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -150,7 +150,7 @@ def count_params(abstract_params, config: ModelConfig) -> tuple[int, int]:
     """(all parameters, matmul parameters): see the module docstring for what counts."""
     total = matmul = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
-        keys = sh.normalize_path(path)
+        keys = sharding.normalize_path(path)
         n = math.prod(leaf.shape)
         total += n
         name = keys[-1]
@@ -217,8 +217,8 @@ def _memory_analysis(compiled) -> dict[str, int]:
 def run(args) -> dict[str, Any]:
     env = environment()
     config = model_config(args)
-    mesh = sh.make_mesh(parse_mesh(args.mesh))
-    sh.check_batch_size(args.pairs, mesh=mesh)
+    mesh = sharding.make_mesh(parse_mesh(args.mesh))
+    sharding.check_batch_size(args.pairs, mesh=mesh)
     tokens = 2 * args.pairs * (args.prompt_len + args.completion_len)
 
     # Abstract model: the graph definition and shapes, no values anywhere.
@@ -237,10 +237,10 @@ def run(args) -> dict[str, Any]:
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
 
-    objective = dpo_objective(graphdef, loss_types="sigmoid", beta=args.beta,
+    loss_fn = dpo_loss_fn(graphdef, loss_types="sigmoid", beta=args.beta,
                               chunk_size=args.logits_chunk)
-    step = make_train_step(objective, tx, mesh=mesh, state_shardings=shardings)
-    batch = jax.device_put(make_batch(args, seed), sh.batch_sharding(mesh))
+    step = make_train_step(loss_fn, tx, mesh=mesh, state_shardings=shardings)
+    batch = jax.device_put(make_batch(args, seed), sharding.batch_sharding(mesh))
 
     # Ahead-of-time compile, so compilation is timed on its own and never inside a step.
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from alignax import checkpoint as ckpt
-from alignax import sharding as sh
+from alignax import sharding
 from alignax.train import abstract_train_state, init_train_state
 from tests.train import tiny_lm
 from tests.train.resume_worker import train
@@ -30,7 +30,7 @@ def _run_worker(name, *args, expect_kill=False):
 
 
 def _state(mesh_axes, **model):
-    mesh = sh.make_mesh(mesh_axes)
+    mesh = sharding.make_mesh(mesh_axes)
     tx = tiny_lm.make_tx()
     return mesh, tx, init_train_state(tiny_lm.init_params(**model), tx, mesh=mesh, seed=3)[0]
 
@@ -43,14 +43,14 @@ def test_save_on_one_mesh_restore_on_another(tmp_path):
     assert not ckpt.save_checkpoint(manager, step=6, state=state)  # not due: every 5 steps
     manager.wait_until_finished()
 
-    mesh = sh.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     target, shardings = abstract_train_state(tiny_lm.init_params(), tx, mesh=mesh)
     restored = ckpt.restore_checkpoint(ckpt.checkpoint_manager(tmp_path), target=target)
     assert restored.step == 5
     assert restored.data_state == {"position": 7} and restored.config == {"lr": 0.01}
-    for got, want, sharding in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state),
+    for got, want, want_sharding in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state),
                                    jax.tree.leaves(shardings), strict=True):
-        assert got.sharding == sharding  # the new mesh's layout ...
+        assert got.sharding == want_sharding  # the new mesh's layout ...
         np.testing.assert_array_equal(got, want)  # ... and the same bits
     assert restored.state.params["w_up"][...].sharding.spec == P(None, "fsdp", "tensor")
 
@@ -60,7 +60,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     manager = ckpt.checkpoint_manager(tmp_path)
     ckpt.save_checkpoint(manager, step=1, state=state, force=True)
     manager.wait_until_finished()
-    mesh = sh.make_mesh({"data": 8})
+    mesh = sharding.make_mesh({"data": 8})
     wider, _ = abstract_train_state(tiny_lm.init_params(mlp=32), tx, mesh=mesh)
     with pytest.raises(ValueError, match=r"params/w_up/value: \(2, 8, 16\) in the checkpoint "
                                          r"vs \(2, 8, 32\) in the model"):

@@ -9,26 +9,19 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from alignax import checkpoint as ckpt
-from alignax import cli
-from alignax import config as C
-from alignax import sharding as sh
+from alignax import checkpoint, cli, sharding
 from alignax.models import from_hf
-from alignax.train import loop
+from alignax.train.context import build_model
 from alignax.train.optim import optimizer_from_config
 from alignax.train.state import abstract_train_state
+from tests.runs import load, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "experiments", "configs")
 QUICK = ("--config.train.eval_every=0", "--config.checkpoint.every_steps=2",
          "--config.checkpoint.keep=3")
 
 
 def _cfg(name, *overrides):
-    cfg = C.load_config(os.path.join(CONFIGS, f"{name}.py") + ":smoke")
-    C.apply_overrides(cfg, [*QUICK, *overrides])
-    C.validate(cfg)
-    return cfg
+    return load(name, *QUICK, *overrides)
 
 
 def _tensors(path):
@@ -48,17 +41,17 @@ def _same_export(a, b):
 def test_sft_any_step(tmp_path, capsys):
     cfg = _cfg("sft")
     work = str(tmp_path / "run")
-    loop.run(cfg, work, log=lambda *_: None)
+    train(cfg, work)
     assert cli.main(["convert", "--workdir", work, "--out", str(tmp_path / "last")]) == 0
     _same_export(str(tmp_path / "last"), os.path.join(work, "hf"))  # latest = final export
     assert cli.main(["convert", "--workdir", work, "--step", "2",
                      "--out", str(tmp_path / "s2")]) == 0
     # Step 2 as the trainer itself restores it (its own abstract state on its mesh).
-    graphdef, params0 = nnx.split(loop.build_model(cfg))
+    graphdef, params0 = nnx.split(build_model(cfg.model, seed=cfg.train.seed))
     tx = optimizer_from_config(dict(cfg.optim), total_steps=cfg.train.steps)
-    target, _ = abstract_train_state(lambda: params0, tx, mesh=sh.make_mesh(dict(cfg.mesh)))
-    manager = ckpt.checkpoint_manager(os.path.join(work, "checkpoints"))
-    want = ckpt.restore_checkpoint(manager, target=target, step=2).state.params
+    target, _ = abstract_train_state(lambda: params0, tx, mesh=sharding.make_mesh(dict(cfg.mesh)))
+    manager = checkpoint.checkpoint_manager(os.path.join(work, "checkpoints"))
+    want = checkpoint.restore_checkpoint(manager, target=target, step=2).state.params
     got = nnx.split(from_hf(str(tmp_path / "s2")))[1]
     for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -76,6 +69,6 @@ def test_sft_any_step(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["reward_model", "mah_dpo", "grpo"])
 def test_latest_step_equals_final_export(name, tmp_path):
     work = str(tmp_path / "run")
-    loop.run(_cfg(name), work, log=lambda *_: None)
+    train(_cfg(name), work)
     assert cli.main(["convert", "--workdir", work, "--out", str(tmp_path / "out")]) == 0
     _same_export(str(tmp_path / "out"), os.path.join(work, "hf"))

@@ -6,10 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from alignax import cli
-from alignax import data as D
+from alignax import cli, data
 from alignax.models import ByteTokenizer, init_model, tiny_config, to_hf
-from alignax.train.loop import task_accuracy
+from alignax.train.evaluation import task_accuracy
 
 TOK = ByteTokenizer()
 
@@ -22,8 +21,8 @@ def setup(tmp_path_factory):
     policy, ref = init_model(cfg, seed=0), init_model(cfg, seed=1)
     to_hf(policy, str(root / "run" / "hf"))     # a train workdir: its hf/ is used
     to_hf(ref, str(root / "ref"))
-    pairs = D.synthetic.preference_pairs(5, seed=3, max_operand=9, error_offsets=(1,))
-    D.synthetic.write_jsonl(pairs, str(root / "pairs.jsonl"))
+    pairs = data.arithmetic.preference_pairs(5, seed=3, max_operand=9, error_offsets=(1,))
+    data.arithmetic.write_jsonl(pairs, str(root / "pairs.jsonl"))
     return root, policy, ref, pairs
 
 
@@ -61,7 +60,7 @@ def test_task_accuracy_and_errors(setup, capsys):
                      "--json", str(root / "acc.json")])
     assert code == 0
     (acc,) = json.loads((root / "acc.json").read_text()).values()
-    prompts = [p.prompt for p in D.synthetic.preference_pairs(8, seed=10_000, max_operand=20,
+    prompts = [p.prompt for p in data.arithmetic.preference_pairs(8, seed=10_000, max_operand=20,
                                                               error_offsets=(1,))]
     assert acc["task_accuracy"] == task_accuracy(policy, TOK, prompts, max_new_tokens=6)
     capsys.readouterr()

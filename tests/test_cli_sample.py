@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 
 from alignax import cli
-from alignax.models import ByteTokenizer, init_model, tiny_config, to_hf
-from alignax.sampling import heads as SH
-from alignax.train.multihead import MultiHeadLM, save_multihead
+from alignax.models import (
+    ByteTokenizer,
+    MultiHeadLM,
+    init_model,
+    save_multihead,
+    tiny_config,
+    to_hf,
+)
+from alignax.sampling import decode_completions, generate
 
 TOK = ByteTokenizer()
 
@@ -45,10 +51,10 @@ def test_multihead_export_with_head_weights(exports, capsys, tmp_path):
                                                           ("3+4=", 0), ("3+4=", 1)]
     assert rows[0]["head_weights"] == [0.0, 1.0]
     # The same draws as the library call on head 1.
-    out = SH.generate_mixed(model, [TOK.encode("12+7="), TOK.encode("3+4=")], [0, 1],
-                            max_new_tokens=5, eos_id=TOK.eos_id, pad_id=TOK.pad_id,
-                            temperature=0.8, top_k=50, top_p=0.95, num_samples=2, seed=4)
-    assert [r["completion"] for r in rows] == SH.decode_completions(TOK, out.tokens, out.mask)
+    out = generate(model, [TOK.encode("12+7="), TOK.encode("3+4=")], head_weights=[0, 1],
+                   max_new_tokens=5, eos_id=TOK.eos_id, pad_id=TOK.pad_id, temperature=0.8,
+                   top_k=50, top_p=0.95, num_samples=2, seed=4)
+    assert [r["completion"] for r in rows] == decode_completions(TOK, out.tokens, out.mask)
     # Deterministic under --seed; other weights give other samples.
     assert _run(capsys, *args)[1] == rows
     other = _run(capsys, *args[:5], "1,0", *args[6:])[1]

@@ -27,5 +27,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
             source = "".join(cell["source"])
             exec(compile(source, f"{path.name}[cell {i}]", "exec"), namespace)
     if path.name == "prototype_a_loss.ipynb":
-        assert namespace["final"].keys() == {"sigmoid", "margin_dpo"}
+        assert namespace["final"].keys() == {"sigmoid", "margin_dpo", "margin_dpo (algorithm)"}
         assert os.path.exists(tmp_path / "margin_dpo" / "metrics.jsonl")
+        with open(tmp_path / "margin_algorithm" / "config.json") as f:
+            cfg = json.load(f)
+        assert cfg["algorithm"] == "margin_dpo" and cfg["loss"]["margin"] == 0.1

@@ -1,14 +1,15 @@
-"""Data: local sources, formats, tokenisation, fixed-shape batches, and synthetic tasks."""
+"""Data: local sources, formats, tokenisation, batch iterators, and the built-in task."""
 
-from alignax.data import synthetic
+from alignax.data import arithmetic, multiobjective
 from alignax.data.errors import DataError, ErrorPolicy
 from alignax.data.formats import FORMATS, SFT, Pair, Unpaired, detect_format, parse_records
-from alignax.data.loader import BatchIterator
+from alignax.data.loader import BalancedBatchIterator, BatchIterator, PromptIterator
 from alignax.data.sources import read_jsonl, read_parquet, read_records
 from alignax.data.tokenize import Limits, collate, default_buckets, render_chat, tokenize_examples
 
 __all__ = [
-    "FORMATS", "SFT", "BatchIterator", "DataError", "ErrorPolicy", "Limits", "Pair", "Unpaired",
-    "collate", "default_buckets", "detect_format", "parse_records", "read_jsonl", "read_parquet",
-    "read_records", "render_chat", "synthetic", "tokenize_examples",
+    "FORMATS", "SFT", "BalancedBatchIterator", "BatchIterator", "DataError", "ErrorPolicy",
+    "Limits", "Pair", "PromptIterator", "Unpaired", "arithmetic", "collate", "default_buckets",
+    "detect_format", "multiobjective", "parse_records", "read_jsonl", "read_parquet",
+    "read_records", "render_chat", "tokenize_examples",
 ]

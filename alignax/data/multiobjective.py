@@ -1,103 +1,20 @@
-"""A two-objective synthetic task for MAH-DPO: correct answers vs round answers.
+"""Multi-objective preference data: vector preferences and their routing to objectives.
 
-Prompts are the arithmetic problems of `synthetic.py` (`"12+7="`). Two objectives score a
-completion, exactly, from its leading integer:
-
-* objective 0, `correct`: the leading integer equals the answer (`"19"` for `12+7=`);
-* objective 1, `round`: the leading integer is a multiple of ten (`"20"`, a round estimate).
-
-They are partly conflicting: they agree when the answer is itself round (`"20"` beats `"21"` on
-both) and disagree otherwise (`"19"` beats `"20"` on correctness, `"20"` beats `"19"` on
-roundness). A byte-level model learns either rule from one token (the last digit), so a tiny
-model trained per objective shows both the specialisation of the heads and, by mixing them, a
-trade-off curve.
-
-**Vector preferences and routing.** A compared pair `(prompt, a, b)` carries one preference per
-objective, `sign(score_k(a) - score_k(b))` in {-1, 0, +1} (`preference_vector`). As in the
+A compared pair `(prompt, a, b)` carries one preference per objective, +1 / 0 / -1. As in the
 MAH-DPO reference code (one dataset per objective; a pair labelled for several objectives
-appears once per objective), `expand_vector_pair` emits one `Pair` per objective with a non-zero
-preference, oriented so that the preferred completion is `chosen`, with `objective=k`; an
-objective that ties is left out. `expand_records` does the same for JSONL records whose
-`objective` is a list (`[0, "round"]`: chosen preferred on each) or that carry `preferences`
-(a list of +1 / 0 / -1, one per objective).
-
-Scorers come twice and agree exactly: on text (`is_correct`, `is_round`, `score`) and on
-sampled token ids under `jax.jit` (`token_scores`), so a sweep over head weights can score
-inside one compiled program. Text is read with ASCII rules: `\\s*(-?[0-9]+)` after decoding.
+appears once per objective), `expand_vector_pair` emits one `Pair` per objective with a
+non-zero preference, oriented so that the preferred completion is `chosen`, with
+`objective=k`; an objective that ties is left out. `expand_records` does the same for JSONL
+records whose `objective` is a list (`[0, "round"]`: chosen preferred on each) or that carry
+`preferences` (a list of +1 / 0 / -1, one per objective).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
-
-import jax
-import jax.numpy as jnp
-import numpy as np
 
 from alignax.data.errors import DataError
 from alignax.data.formats import Pair
-from alignax.data.synthetic import ERROR_OFFSETS, problems
-
-OBJECTIVES = ("correct", "round")
-"""Objective names, in head order."""
-
-_PROMPT = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*$", re.ASCII)
-_LEADING = re.compile(r"\s*(-?\d+)", re.ASCII)
-_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-
-
-def answer_of(prompt: str) -> int:
-    """The exact answer of an arithmetic prompt (`"12+7="` -> 19)."""
-    m = _PROMPT.match(prompt)
-    if not m:
-        raise ValueError(f"not an arithmetic prompt: {prompt!r}")
-    return _OPS[m.group(2)](int(m.group(1)), int(m.group(3)))
-
-
-def round_answer(value: int) -> int:
-    """The nearest multiple of ten, halves rounded up (17 -> 20, 15 -> 20, 14 -> 10)."""
-    return 10 * ((int(value) + 5) // 10)
-
-
-def leading_integer(completion: str) -> int | None:
-    """The completion's leading integer (`\\s*(-?[0-9]+)`, ASCII), or None."""
-    m = _LEADING.match(completion)
-    return int(m.group(1)) if m else None
-
-
-def is_correct(prompt: str, completion: str) -> bool:
-    """Objective 0: the leading integer equals the prompt's answer."""
-    got = leading_integer(completion)
-    return got is not None and got == answer_of(prompt)
-
-
-def is_round(prompt: str, completion: str) -> bool:
-    """Objective 1: the leading integer is a multiple of ten (the prompt is not needed)."""
-    del prompt
-    got = leading_integer(completion)
-    return got is not None and got % 10 == 0
-
-
-SCORERS = {"correct": is_correct, "round": is_round}
-"""Objective name -> `(prompt, completion) -> bool`."""
-
-
-def score(prompts: Sequence[str], completions: Sequence[str],
-          objectives: Sequence[str] = OBJECTIVES) -> np.ndarray:
-    """`[N, O]` float32 scores (1 = satisfied) of N completions on each objective."""
-    return np.asarray([[float(SCORERS[k](p, c)) for k in objectives]
-                       for p, c in zip(prompts, completions, strict=True)],
-                      np.float32).reshape(len(prompts), len(objectives))
-
-
-# --------------------------------------------------------------------------- vector preferences
-
-def preference_vector(prompt: str, a: str, b: str,
-                      objectives: Sequence[str] = OBJECTIVES) -> tuple[int, ...]:
-    """Per objective, +1 if `a` scores higher than `b`, -1 if lower, 0 on a tie."""
-    return tuple(int(np.sign(int(SCORERS[k](prompt, a)) - int(SCORERS[k](prompt, b))))
-                 for k in objectives)
 
 
 def expand_vector_pair(prompt, a, b, preferences: Sequence[int]) -> list[Pair]:
@@ -195,107 +112,3 @@ def expand_records(records: Iterable[tuple[tuple[str, int], dict]],
                 out["chosen"], out["rejected"] = rec["rejected"], rec["chosen"]
             out["objective"] = k
             yield where, out
-
-
-# --------------------------------------------------------------------------- data
-
-def preference_pairs(n: int, *, seed: int, max_operand: int = 20,
-                     error_offsets: Sequence[int] = ERROR_OFFSETS, conflict: float = 1.0,
-                     ops: str = "+") -> list[Pair]:
-    """Routed preference pairs on `n` problems, labelled by the scorers.
-
-    Each problem with exact answer e gives two compared pairs, labelled per objective with
-    `preference_vector` and expanded with `expand_vector_pair`:
-
-    * `(e, e + offset)` (an annotator's error): correctness prefers e; roundness labels it only
-      when one side is round (both objectives then agree, or disagree at e.g. `(19, 20)`);
-    * with probability `conflict`, and when e is not round, `(round(e), e)`: roundness prefers
-      `round(e)` and correctness prefers e, so the pair appears once per objective with
-      opposite orientations.
-
-    Args:
-      n: problems. seed: deterministic in it.
-      max_operand, ops: the arithmetic problems (`synthetic.problems`).
-      error_offsets: offsets of the wrong answers (`(1,)`: a systematic annotator error).
-      conflict: fraction of problems with the conflicting `(round, exact)` comparison.
-    Returns:
-      `Pair`s with `objective` set (0 = correct, 1 = round), in problem order.
-    """
-    rng = np.random.default_rng([seed, 7])
-    out = []
-    for prompt, answer in problems(n, seed=seed, max_operand=max_operand, ops=ops):
-        e = int(answer)
-        wrong = str(e + int(rng.choice(np.asarray(error_offsets))))
-        compared = [(answer, wrong)]
-        r = round_answer(e)
-        if rng.random() < conflict and r != e:
-            compared.append((str(r), answer))
-        for a, b in compared:
-            out += expand_vector_pair(prompt, a, b, preference_vector(prompt, a, b))
-    return out
-
-
-def eval_prompts(n: int, *, seed: int, max_operand: int = 20, ops: str = "+") -> list[str]:
-    """Held-out prompts (use a seed the training data does not)."""
-    return [p for p, _ in problems(n, seed=seed, max_operand=max_operand, ops=ops)]
-
-
-# --------------------------------------------------------------------------- token scorers
-
-_WHITESPACE = (9, 10, 11, 12, 13, 32)  # ASCII \s: \t \n \v \f \r and space
-_MINUS, _ZERO, _NINE = 45, 48, 57
-_BYTES = 256  # byte ids; larger ids are specials the byte tokenizer's decode drops
-_CAP = 10 ** 8  # leading integers beyond this are "too large" (no answer is)
-
-
-def token_leading_integer(tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array,
-                                                                        jax.Array]:
-    """The leading integer of byte-token completions, as `leading_integer` reads the text.
-
-    Tokens with mask 0 and ids >= 256 are skipped (`ByteTokenizer.decode` drops them); any
-    byte other than ASCII whitespace, '-' and digits ends the number (a non-ASCII byte decodes
-    to a non-ASCII character, which ASCII `\\s`/`\\d` do not match).
-
-    Args:
-      tokens: `[R, N]` int sampled ids. mask: `[R, N]` 1 = generated token.
-    Returns:
-      (value `[R]` int32 clipped to +-1e8, found `[R]` bool, last_digit `[R]` int32).
-    """
-    tokens = jnp.asarray(tokens, jnp.int32)
-    keep = (jnp.asarray(mask) > 0) & (tokens < _BYTES)
-    is_ws = jnp.isin(tokens, jnp.asarray(_WHITESPACE, jnp.int32))
-    is_digit = (tokens >= _ZERO) & (tokens <= _NINE)
-    is_minus = tokens == _MINUS
-    # States: 0 leading whitespace, 1 after '-', 2 in digits, 3 done.
-    def step(carry, xs):
-        state, value, neg, last, seen = carry
-        k, ws, dg, mn, tok = xs
-        nxt = jnp.where(state == 0, jnp.where(ws, 0, jnp.where(mn, 1, jnp.where(dg, 2, 3))),
-                        jnp.where((state == 1) | (state == 2), jnp.where(dg, 2, 3), 3))
-        take = k & dg & (nxt == 2)
-        value = jnp.where(take, jnp.minimum(value * 10 + (tok - _ZERO), _CAP), value)
-        last = jnp.where(take, tok - _ZERO, last)
-        neg = neg | (k & (state == 0) & mn)
-        return (jnp.where(k, nxt, state), value, neg, last, seen | take), None
-
-    r = tokens.shape[0]
-    zeros = jnp.zeros(r, jnp.int32)
-    init = (zeros, zeros, jnp.zeros(r, bool), zeros, jnp.zeros(r, bool))
-    xs = tuple(jnp.swapaxes(x, 0, 1) for x in (keep, is_ws, is_digit, is_minus, tokens))
-    (_, value, neg, last, seen), _ = jax.lax.scan(step, init, xs)
-    return jnp.where(neg, -value, value), seen, last
-
-
-def token_scores(tokens: jax.Array, mask: jax.Array, answers: jax.Array) -> jax.Array:
-    """`[R, 2]` float32 (correct, round) scores of byte-token completions (jittable).
-
-    Equals `score(prompts, completions_text(ByteTokenizer(), tokens, mask))` for the byte
-    tokenizer (stop tokens are ids >= 256, skipped like the text decoding drops them).
-
-    Args:
-      tokens, mask: `[R, N]` from the sampler. answers: `[R]` int exact answers.
-    """
-    value, found, last = token_leading_integer(tokens, mask)
-    correct = found & (value == jnp.asarray(answers, jnp.int32))
-    rounded = found & (last == 0)
-    return jnp.stack([correct, rounded], axis=-1).astype(jnp.float32)

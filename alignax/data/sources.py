@@ -47,12 +47,12 @@ def read_jsonl(path: str, *, policy: ErrorPolicy | None = None) -> Iterator[tupl
 def read_parquet(path: str) -> Iterator[tuple[Where, dict]]:
     """Yields `((path, row), record)` for each row of a Parquet file (needs pyarrow)."""
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as parquet
     except ImportError:
         raise DataError("reading Parquet needs pyarrow: pip install 'alignax[parquet]'",
                         path=path) from None
     try:
-        table = pq.read_table(path)
+        table = parquet.read_table(path)
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read Parquet file: {e}", path=path) from None
     for row_no, record in enumerate(table.to_pylist(), start=1):

@@ -161,8 +161,6 @@ def collate(rows: Sequence[dict], *, pad_id: int, buckets: Sequence[int],
         stack = lambda i: np.stack([np.stack([pair[0][i], pair[1][i]]) for pair in arrays])
         batch = {"input_ids": stack(0), "attention_mask": stack(1), "completion_mask": stack(2),
                  "objective": np.asarray([r["objective"] for r in rows], np.int32)}
-        if "ref_logps" in rows[0]:  # precomputed reference log-probs (train/ref_cache.py)
-            batch["ref_logps"] = np.stack([r["ref_logps"] for r in rows]).astype(np.float32)
         return batch
     built = [_rows(r["prompt"], r["completion"], width, pad_id) for r in rows]
     batch = {k: np.stack([b[i] for b in built])

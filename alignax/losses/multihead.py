@@ -1,12 +1,11 @@
-"""MAH-DPO: multi-action-head DPO (MAHALO, arXiv 2510.01167), and head mixing at inference.
+"""MAH-DPO: multi-action-head DPO (MAHALO, arXiv 2510.01167).
 
 One shared trunk, H untied LM heads, one per objective. Each preference pair carries the index k
 of the objective it was labelled for and trains head k only (the trunk gets gradient from every
 head). The batch loss is the mean over the heads present in the batch of each head's mean DPO
 loss, as in the reference code (`pearls-lab/multiobj-align` @ 5060d1a,
 `mah_dpo/mahdpo_trainers.py::preference_loss`, `get_batch_metrics`). At inference the user
-weights the heads; the weighted sum of raw head logits goes through one softmax
-(`generate_ensemble`).
+weights the heads (`models.heads.mix_heads`).
 
 References:
   MAHALO / MAH-DPO (arXiv 2510.01167); DPO (Rafailov et al. 2023, arXiv 2305.18290, Eq. 7).
@@ -92,8 +91,7 @@ def mah_dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_lo
     Returns:
       (loss scalar, metrics), metrics per head as `[H]` arrays (0 where a head has no pair):
       `loss/heads`, `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
-      `rewards/margins`, `logps/chosen`, `logps/rejected`, `examples` (pairs per head);
-      `head_metric_dict` names them per objective.
+      `rewards/margins`, `logps/chosen`, `logps/rejected`, `examples` (pairs per head).
     """
     chosen_logps, rejected_logps = as_float(chosen_logps, rejected_logps)
     ref_w = _per_head(ref_chosen_logps, chosen_logps)
@@ -130,36 +128,3 @@ def mah_dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_lo
         "examples": counts,
     }
     return loss, metrics
-
-
-def head_metric_dict(metrics, head_names) -> dict[str, float]:
-    """Host-side: `mah_dpo_loss` metrics -> `{name}/{metric}` floats, like the reference code's
-    `{dim}/loss`, `{dim}/rewards/chosen`, ... (`loss/heads` becomes `{name}/loss`).
-
-    Args: metrics: the dict of `[H]` arrays; head_names: H objective names.
-    Returns: flat dict of Python floats.
-    """
-    out = {}
-    for key, values in metrics.items():
-        suffix = "loss" if key == "loss/heads" else key
-        for name, value in zip(head_names, jax.device_get(values).tolist(), strict=True):
-            out[f"{name}/{suffix}"] = float(value)
-    return out
-
-
-def mix_head_logits(head_logits, weights=None, *, axis: int = 0) -> jax.Array:
-    """Inference-time head combination: z = sum_k w_k z_k with w normalised to sum 1.
-
-    The reference `generate_ensemble(head_weights)` mixes **raw logits** (not probabilities)
-    and samples from softmax(z) with the usual temperature / top-p.
-
-    Args:
-      head_logits: `[H, ..., V]` logits of every head (head axis `axis`).
-      weights: `[H]` non-negative user weights (None = uniform 1/H).
-    Returns: `[..., V]` mixed logits.
-    """
-    head_logits = as_float(head_logits)
-    num_heads = head_logits.shape[axis]
-    w = jnp.ones((num_heads,), head_logits.dtype) if weights is None else as_float(weights)
-    w = w / jnp.sum(w)
-    return jnp.tensordot(w, jnp.moveaxis(head_logits, axis, 0), axes=1)

@@ -14,37 +14,48 @@ torch/transformers are never imported here; safetensors/tokenizers/jinja2 lazily
 from alignax.models import tokenizers
 from alignax.models.cache import KVCache, init_cache
 from alignax.models.config import ModelConfig, tiny_config
+from alignax.models.critic import Critic
 from alignax.models.decode import decode_step, extend, prefill
 from alignax.models.heads import (
     MultiLMHead,
     RewardHead,
     ValueHead,
+    check_head_weights,
     last_token_index,
-    mix_head_logits,
+    mix_heads,
     multi_head_token_logps,
-    reference_weights,
 )
 from alignax.models.hf import MissingTensorsError, from_hf, to_hf
 from alignax.models.logprobs import (
+    completion_logps,
     log_sum_sq_probs,
+    pair_logps,
+    scan_chunks,
     sequence_logps,
     token_entropy,
     token_logps,
     token_stats,
 )
+from alignax.models.multihead import MultiHeadLM, load_multihead, save_multihead
+from alignax.models.reward_model import RewardModel, load_reward_model, save_reward_model
 from alignax.models.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
 from alignax.models.transformer import Transformer, forward, init_model, logical_axes
 
 __all__ = [
     "ByteTokenizer",
+    "Critic",
     "HFTokenizer",
     "KVCache",
     "MissingTensorsError",
     "ModelConfig",
+    "MultiHeadLM",
     "MultiLMHead",
     "RewardHead",
+    "RewardModel",
     "Transformer",
     "ValueHead",
+    "check_head_weights",
+    "completion_logps",
     "decode_step",
     "extend",
     "forward",
@@ -52,13 +63,18 @@ __all__ = [
     "init_cache",
     "init_model",
     "last_token_index",
+    "load_multihead",
+    "load_reward_model",
     "load_tokenizer",
     "log_sum_sq_probs",
     "logical_axes",
-    "mix_head_logits",
+    "mix_heads",
+    "pair_logps",
     "multi_head_token_logps",
     "prefill",
-    "reference_weights",
+    "save_multihead",
+    "save_reward_model",
+    "scan_chunks",
     "sequence_logps",
     "tiny_config",
     "to_hf",

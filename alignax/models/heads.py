@@ -10,6 +10,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from alignax.models.config import ModelConfig
@@ -51,24 +52,39 @@ class RewardHead(nnx.Module):
         return self.value(last)[:, 0]
 
 
-def normalize_head_weights(weights: jax.Array) -> jax.Array:
-    """User mixing weights `[H]` (non-negative) -> weights summing to one."""
-    weights = jnp.asarray(weights, jnp.float32)
-    return weights / jnp.sum(weights)
+def mix_heads(head_weights: jax.Array, weights: jax.Array) -> jax.Array:
+    """`[E, V]` float32 head `sum_k w_k W_k`, `w` normalised to sum 1 (MAH-DPO mixing).
 
-
-@jax.jit
-def mix_head_logits(head_logits: jax.Array, weights: jax.Array) -> jax.Array:
-    """Weighted sum of per-head logits before the softmax (MAH-DPO inference mixing).
+    The reference `generate_ensemble(head_weights)` mixes the heads' **raw logits** (not their
+    probabilities); logits are linear in the head weights, so the mixture is one head and
+    decoding costs one head, whatever H. Elementwise products and a sum, not a matmul: a
+    one-hot `w` gives `W_k` bit for bit on every backend (a TPU/GPU matmul at default
+    precision would round `W_k` to bfloat16).
 
     Args:
-      head_logits: `[H, ..., V]` logits of each head.
-      weights: `[H]` user weights (normalised here).
-    Returns:
-      `[..., V]` mixed logits.
+      head_weights: `[H, E, V]`. weights: `[H]` non-negative mixing weights.
     """
-    w = normalize_head_weights(weights).astype(head_logits.dtype)
-    return jnp.tensordot(w, head_logits, axes=1)
+    w = jnp.asarray(weights, jnp.float32)
+    w = w / jnp.sum(w)
+    return jnp.sum(w[:, None, None] * head_weights.astype(jnp.float32), axis=0)
+
+
+def check_head_weights(weights, num_heads: int, *, field: str = "head weights") -> np.ndarray:
+    """Host-side check of user mixing weights: `[H]` (or `[K, H]`), >= 0, each sums > 0.
+
+    Raises:
+      ValueError naming `field` otherwise.
+    Returns:
+      the weights as float32, normalised to sum 1 per vector.
+    """
+    w = np.asarray(weights, np.float32)
+    if w.ndim not in (1, 2) or w.shape[-1] != num_heads:
+        raise ValueError(f"{field}: expected {num_heads} weights (one per head), got shape "
+                         f"{tuple(w.shape)}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w.sum(-1) <= 0):
+        raise ValueError(f"{field}: weights must be finite, >= 0 and not all 0, got "
+                         f"{w.tolist()}")
+    return w / w.sum(-1, keepdims=True)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
@@ -82,7 +98,7 @@ class MultiLMHead(nnx.Module):
     """H action LM heads `[H, E, V]` sharing one trunk (MAH-DPO).
 
     Each head starts as the base LM head plus N(0, noise_std^2) noise so the heads can
-    specialise; the reference model keeps the unperturbed base head (`reference_weights`).
+    specialise; the reference model keeps the unperturbed base head.
     """
 
     def __init__(self, base_weight: jax.Array, num_heads: int, *, rngs: nnx.Rngs,
@@ -99,21 +115,6 @@ class MultiLMHead(nnx.Module):
         """`[B, S, E]` hidden -> `[H, B, S, V]` float32 logits (small shapes only)."""
         w = self.weight[...].astype(hidden.dtype)
         return jnp.einsum("bse,hev->hbsv", hidden, w, preferred_element_type=jnp.float32)
-
-    def mixed_weight(self, weights: jax.Array) -> jax.Array:
-        """`[E, V]` head whose logits equal `mix_head_logits` (logits are linear in W)."""
-        w = normalize_head_weights(weights)
-        return jnp.tensordot(w, self.weight[...].astype(jnp.float32), axes=1)
-
-    def mixed_logits(self, hidden: jax.Array, weights: jax.Array) -> jax.Array:
-        """`[B, S, E]` hidden, `[H]` weights -> `[B, S, V]` float32 mixed logits."""
-        w = self.mixed_weight(weights).astype(hidden.dtype)
-        return jnp.einsum("bse,ev->bsv", hidden, w, preferred_element_type=jnp.float32)
-
-
-def reference_weights(base_weight: jax.Array, num_heads: int) -> jax.Array:
-    """`[H, E, V]` unperturbed copies of the base head (the MAH-DPO reference)."""
-    return jnp.broadcast_to(base_weight, (num_heads, *base_weight.shape))
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))

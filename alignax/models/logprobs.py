@@ -1,9 +1,10 @@
 """Chunked token log-probabilities, entropies and log sum p^2 from hidden states.
 
-The float32 logits `[B, T, V]` never exist: a `jax.lax.scan` walks the sequence in chunks of
+The float32 logits `[B, T, V]` never exist: `scan_chunks` walks the sequence in chunks of
 `chunk_size` tokens, each chunk's logits `[B, C, V]` are built, reduced to per-token numbers
 and dropped; the scan body is checkpointed so the backward pass rebuilds one chunk at a time
-as well. Peak temporary memory is O(B * C * V) instead of O(B * T * V).
+as well. Peak temporary memory is O(B * C * V) instead of O(B * T * V). Other chunked
+statistics (the distillation losses' top-k and KL) use the same `scan_chunks`.
 
 Convention: `hidden[..., t, :]` is the state that predicts `targets[..., t]` (the caller
 shifts by one). `lm_head_weight` is `[E, V]` (`Transformer.lm_head_weight()`).
@@ -34,6 +35,41 @@ def _chunk_stats(h, w, y, inv_temp, want):
     return out
 
 
+def scan_chunks(fn, arrays, chunk_size: int) -> dict[str, jax.Array]:
+    """Applies `fn` to chunks of `chunk_size` positions along axis 1; outputs re-joined.
+
+    The one chunked-logits engine: every log-prob, entropy, top-k or KL that needs the
+    `[N, T, V]` logits builds them chunk by chunk inside `fn`. The body is checkpointed, so the
+    backward pass rebuilds one chunk's logits at a time as well.
+
+    Args:
+      fn: `(*chunk_arrays) -> {name: [N, C, ...]}` for `[N, C, ...]` slices of `arrays`.
+      arrays: `[N, T, ...]` arrays (None entries are passed through as None).
+      chunk_size: C (temporary memory ~ N * C * V floats).
+    Returns:
+      `{name: [N, T, ...]}`.
+    """
+    ref = next(a for a in arrays if a is not None)
+    n, t = ref.shape[:2]
+    c = max(1, min(chunk_size, t))
+    k = -(-t // c)
+    pad = k * c - t
+
+    def split(a):
+        if a is None:
+            return None
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)) if pad else a
+        return a.reshape(n, k, c, *a.shape[2:]).swapaxes(0, 1)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def body(carry, xs):
+        return carry, fn(*xs)
+
+    _, out = jax.lax.scan(body, None, tuple(split(a) for a in arrays))
+    return {name: v.swapaxes(0, 1).reshape(n, k * c, *v.shape[3:])[:, :t]
+            for name, v in out.items()}
+
+
 def _token_stats(hidden, w, targets, inv_temp, want: tuple[str, ...], chunk_size: int):
     *lead, t, e = hidden.shape
     h = hidden.reshape(-1, t, e)
@@ -41,24 +77,9 @@ def _token_stats(hidden, w, targets, inv_temp, want: tuple[str, ...], chunk_size
     y = (jnp.zeros((b, t), jnp.int32) if targets is None
          else jnp.clip(targets.reshape(b, t), 0, w.shape[-1] - 1).astype(jnp.int32))
     w = w.astype(h.dtype)
-    c = max(1, min(chunk_size, t))
-    n = -(-t // c)
-    pad = n * c - t
-    if pad:
-        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
-        y = jnp.pad(y, ((0, 0), (0, pad)))
-    hs = h.reshape(b, n, c, e).swapaxes(0, 1)  # [n, B, C, E]
-    ys = y.reshape(b, n, c).swapaxes(0, 1)
-
-    # Checkpointed body: the backward pass recomputes each chunk's logits instead of storing
-    # them, which is what keeps [B, T, V] out of the gradient as well.
-    @functools.partial(jax.checkpoint, prevent_cse=False)
-    def body(carry, xs):
-        return carry, _chunk_stats(xs[0], w, xs[1], inv_temp, want)
-
-    _, outs = jax.lax.scan(body, None, (hs, ys))
-    return {k: v.swapaxes(0, 1).reshape(b, n * c)[:, :t].reshape(*lead, t)
-            for k, v in outs.items()}
+    out = scan_chunks(lambda hc, yc: _chunk_stats(hc, w, yc, inv_temp, want), (h, y),
+                      chunk_size)
+    return {k: v.reshape(*lead, t) for k, v in out.items()}
 
 
 def _masked(x, mask):
@@ -153,3 +174,41 @@ def token_stats(hidden, lm_head_weight, targets, mask=None, *, entropy: bool = T
         ("log_sum_sq_probs",) if sum_sq else ())
     out = _token_stats(hidden, lm_head_weight, targets, 1.0 / temperature, want, chunk_size)
     return {k: _masked(v, mask) for k, v in out.items()}
+
+
+def completion_logps(model, input_ids, attention_mask, completion_mask, *,
+                     chunk_size: int = 128, with_sq: bool = False, right_padded: bool = True):
+    """Per-token log-probs of each next token of `[N, S]` rows, masked to completion tokens.
+
+    The model side of every offline loss: one forward, then the chunked `token_stats`.
+
+    Args:
+      model: an NNX `Transformer` (or a module with `hidden_states` and `lm_head_weight`).
+      input_ids, attention_mask, completion_mask: `[N, S]`.
+      chunk_size: tokens per logits chunk.
+      with_sq: also return log sum_v p_v^2 per token (WPO weights).
+      right_padded: the batch pads on the right only (as `data.collate` does). Then causal
+        attention alone keeps every real position from seeing padding, so the mask is not
+        passed: the same numbers, and cuDNN can use its causal flash kernel.
+    Returns:
+      (token_logps `[N, S-1]` float32, mask `[N, S-1]` float32[, log_sum_sq_probs `[N, S-1]`]):
+      position t scores token t+1; the mask is the completion mask shifted by one.
+    """
+    hidden, _ = model.hidden_states(input_ids, None if right_padded else attention_mask)
+    mask = completion_mask[:, 1:].astype(jnp.float32)
+    stats = token_stats(hidden[:, :-1], model.lm_head_weight(), input_ids[:, 1:], mask,
+                        entropy=False, sum_sq=with_sq, chunk_size=chunk_size)
+    if not with_sq:
+        return stats["logps"], mask
+    return stats["logps"], mask, stats["log_sum_sq_probs"]
+
+
+def pair_logps(model, batch, *, chunk_size: int = 128, with_sq: bool = False):
+    """`completion_logps` of a `[B, 2, S]` pair batch (chosen, rejected) as one `[2B, S]`
+    forward; outputs reshaped to `[B, 2, S-1]`."""
+    b, two, s = batch["input_ids"].shape
+    flat = lambda x: x.reshape(b * two, s)
+    out = completion_logps(model, flat(batch["input_ids"]), flat(batch["attention_mask"]),
+                           flat(batch["completion_mask"]), chunk_size=chunk_size,
+                           with_sq=with_sq)
+    return tuple(x.reshape(b, two, s - 1) for x in out)

@@ -21,11 +21,12 @@ from alignax.rewards.functions import (
     regex_format,
 )
 from alignax.rewards.model import RewardModel, load_scorer, score_sequences
+from alignax.rewards.scorer import RewardScorer
 from alignax.rewards.vector import combine_rewards, reward_vector, vector_metrics
 
 __all__ = [
-    "REWARD_FUNCTIONS", "RewardFn", "RewardModel", "answer_match", "arithmetic_correct",
-    "brevity", "combine_rewards", "get_reward_function", "integer_format", "length_penalty",
-    "load_scorer", "missing_eos_penalty", "overlong_penalty", "regex_format", "reward_vector",
-    "score_sequences", "vector_metrics",
+    "REWARD_FUNCTIONS", "RewardFn", "RewardModel", "RewardScorer", "answer_match",
+    "arithmetic_correct", "brevity", "combine_rewards", "get_reward_function", "integer_format",
+    "length_penalty", "load_scorer", "missing_eos_penalty", "overlong_penalty", "regex_format",
+    "reward_vector", "score_sequences", "vector_metrics",
 ]

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from alignax.data import synthetic
+from alignax.data import arithmetic
 
 RewardFn = Callable[..., list]
 
@@ -37,7 +37,7 @@ def arithmetic_correct(prompts, completions, **_) -> list[float | None]:
     out = []
     for prompt, completion in zip(prompts, completions):
         try:
-            out.append(float(synthetic.is_correct(prompt, completion)))
+            out.append(float(arithmetic.is_correct(prompt, completion)))
         except (ValueError, TypeError):
             out.append(None)
     return out

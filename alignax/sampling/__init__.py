@@ -1,15 +1,19 @@
 """Sampling from the policy with a KV cache: G samples per prompt, temperature, top-k/top-p,
-stop tokens, log-probs of the sampled tokens; jitted and deterministic under a key."""
+stop tokens, log-probs of the sampled tokens, multi-head mixtures; jitted and deterministic
+under a key."""
 
+from alignax.sampling.heads import Sweep, sweep_head_weights, weight_grid
 from alignax.sampling.sampler import (
     Samples,
     cast_params,
-    completions_text,
+    decode_completions,
     filter_logits,
     generate,
     left_pad,
     sample_tokens,
+    sequences,
 )
 
-__all__ = ["Samples", "cast_params", "completions_text", "filter_logits", "generate",
-           "left_pad", "sample_tokens"]
+__all__ = ["Samples", "Sweep", "cast_params", "decode_completions", "filter_logits",
+           "generate", "left_pad", "sample_tokens", "sequences", "sweep_head_weights",
+           "weight_grid"]

@@ -35,6 +35,7 @@ from flax import nnx
 
 from alignax.models.attention import make_mask
 from alignax.models.cache import KVCache, init_cache
+from alignax.models.heads import check_head_weights, mix_heads
 
 
 class Samples(NamedTuple):
@@ -108,39 +109,57 @@ _STATIC = ("graphdef", "num_samples", "max_new_tokens", "temperature", "top_k", 
            "stop_ids", "pad_id")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, *, num_samples: int = 1,
-                  max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, stop_ids: tuple[int, ...], pad_id: int) -> Samples:
-    """Samples G completions per prompt from `nnx.merge(graphdef, params)` (pure, jitted).
+def split_policy(model, head_weights=None):
+    """`(trunk, head)`: the `Transformer` that decodes and the `[E, V]` head it decodes with.
 
-    The parameters are used where they are (any sharding; never copied through the host;
-    float32 weights are cast once to the compute dtype on device); shard `prompt_ids` over the
-    data-parallel axes to split the rows across devices.
+    A plain LM decodes with its own head (`head` None); a multi-head model (`trunk` + `heads`,
+    e.g. `models.MultiHeadLM`) with the mixture `models.mix_heads(W, head_weights)`.
+    """
+    if hasattr(model, "heads"):
+        if head_weights is None:
+            raise ValueError("a multi-head model samples from mixed heads: pass head_weights")
+        return model.trunk, mix_heads(model.heads.weight[...], head_weights)
+    if head_weights is not None:
+        raise ValueError("head_weights given for a single-head model")
+    return model, None
+
+
+def _logits_fn(trunk, head):
+    """`[R, S, E]` hidden -> float32 logits, with the trunk's own head or `head` `[E, V]`."""
+    if head is None:
+        return trunk.logits
+    return lambda h: jnp.einsum("bse,ev->bsv", h, head.astype(h.dtype),
+                                preferred_element_type=jnp.float32)
+
+
+def prefill(trunk, prompt_ids, prompt_mask, *, max_new_tokens: int):
+    """Writes the `[B, P]` prompts into a fresh cache of `P + N` slots.
+
+    Returns `(last hidden state [B, 1, E], cache)`: what every decode of these prompts shares
+    (the G samples of a prompt, or K head mixtures of `sampling.heads.sweep_head_weights`).
+    """
+    b, p = prompt_ids.shape
+    cache = init_cache(trunk.config, b, p + max_new_tokens)
+    hidden, cache = trunk.hidden_states(prompt_ids, prompt_mask, cache=cache)
+    return hidden[:, -1:], cache
+
+
+def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_tokens: int,
+           temperature: float, top_k: int, top_p: float, stop_ids: tuple[int, ...],
+           pad_id: int) -> Samples:
+    """The decoding loop from a prefilled `[B]`-row cache: G samples per prompt, one
+    `lax.while_loop` that ends when every row has stopped.
 
     Args:
-      graphdef: the policy's NNX graph definition (static).
-      params: its `nnx.State` (e.g. `state.params` of the train state).
-      prompt_ids: `[B, P]` int32 prompts, left-padded.
-      prompt_mask: `[B, P]` 1 = real prompt token.
-      key: a PRNG key (`jax.random.key` or `PRNGKey`).
-      num_samples: G.
-      max_new_tokens: N.
-      temperature: T; 0 = greedy (top-k / top-p then do not matter).
-      top_k, top_p: see `filter_logits`.
-      stop_ids: tokens that end a row (e.g. `(eos_id,)`), kept with mask 1.
-      pad_id: the token written after a row stopped.
-    Returns:
-      `Samples` with `[B * G, N]` arrays, rows prompt-major.
+      trunk, head: from `split_policy`. last_hidden, cache: from `prefill`.
+      key: step i draws with `fold_in(key, i)`. Other arguments: as `sample_tokens`.
     """
-    model = nnx.merge(graphdef, cast_params(params, nnx.merge(graphdef, params).config.dtype))
-    b, p = prompt_ids.shape
-    r, n = b * num_samples, max_new_tokens
-    cache = init_cache(model.config, b, p + n)
-    hidden, cache = model.hidden_states(prompt_ids, prompt_mask, cache=cache)
-    logits = jnp.repeat(model.logits(hidden[:, -1:])[:, 0], num_samples, axis=0)
+    logits_fn = _logits_fn(trunk, head)
+    p = cache.k.shape[2] - max_new_tokens
+    r, n = last_hidden.shape[0] * num_samples, max_new_tokens
+    logits = jnp.repeat(logits_fn(last_hidden)[:, 0], num_samples, axis=0)
     cache = repeat_cache(cache, num_samples)
-    layers = _unstack_layers(model)
+    layers = _unstack_layers(trunk)
     kv = [(cache.k[i], cache.v[i]) for i in range(len(layers))]  # one copy, before the loop
     stops = jnp.asarray(stop_ids, jnp.int32)
 
@@ -154,16 +173,59 @@ def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, *, num_samples
         token, tokens, logps, mask = draw_token(
             logits, jax.random.fold_in(key, i), i, live, tokens, logps, mask,
             temperature=temperature, top_k=top_k, top_p=top_p, pad_id=pad_id)
-        logits, kv, valid, next_position = _decode_token(model, layers, token, live, kv, valid,
-                                                         next_position, p + i)
+        h, kv, valid, next_position = _decode_token(trunk, layers, token, live, kv, valid,
+                                                    next_position, p + i)
         done = done | jnp.isin(token, stops)
-        return i + 1, logits, kv, valid, next_position, done, tokens, logps, mask
+        return i + 1, logits_fn(h)[:, 0], kv, valid, next_position, done, tokens, logps, mask
 
     init = (jnp.zeros((), jnp.int32), logits, kv, cache.valid, cache.next_position,
             jnp.zeros(r, bool), jnp.full((r, n), pad_id, jnp.int32),
             jnp.zeros((r, n), jnp.float32), jnp.zeros((r, n), jnp.int32))
     *_, tokens, logps, mask = jax.lax.while_loop(cond, body, init)
     return Samples(tokens, logps, mask)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, head_weights=None, *,
+                  num_samples: int = 1, max_new_tokens: int, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0, stop_ids: tuple[int, ...],
+                  pad_id: int) -> Samples:
+    """Samples G completions per prompt from `nnx.merge(graphdef, params)` (pure, jitted).
+
+    The parameters are used where they are (any sharding; never copied through the host;
+    float32 weights are cast once to the compute dtype on device); shard `prompt_ids` over the
+    data-parallel axes to split the rows across devices.
+
+    Args:
+      graphdef: the policy's NNX graph definition (static).
+      params: its `nnx.State` (e.g. `state.params` of the train state).
+      prompt_ids: `[B, P]` int32 prompts, left-padded.
+      prompt_mask: `[B, P]` 1 = real prompt token.
+      key: a PRNG key (`jax.random.key` or `PRNGKey`).
+      head_weights: `[H]` mixing weights of a multi-head policy (MAH-DPO): each step samples
+        from softmax(sum_k w_k z_k / T), the weighted sum of the heads' raw logits
+        (normalised; one-hot = that head exactly). None for a plain LM.
+      num_samples: G.
+      max_new_tokens: N.
+      temperature: T; 0 = greedy (top-k / top-p then do not matter).
+      top_k, top_p: see `filter_logits`.
+      stop_ids: tokens that end a row (e.g. `(eos_id,)`), kept with mask 1.
+      pad_id: the token written after a row stopped.
+    Returns:
+      `Samples` with `[B * G, N]` arrays, rows prompt-major.
+    """
+    model = nnx.merge(graphdef, params)
+    trunk, head = split_policy(model, head_weights)
+    trunk = nnx.merge(*_cast_module(trunk))
+    last, cache = prefill(trunk, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens)
+    return decode(trunk, head, last, cache, key, num_samples=num_samples,
+                  max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                  top_p=top_p, stop_ids=stop_ids, pad_id=pad_id)
+
+
+def _cast_module(trunk):
+    graphdef, params = nnx.split(trunk)
+    return graphdef, cast_params(params, trunk.config.dtype)
 
 
 def draw_token(logits, step_key, i, live, tokens, logps, mask, *, temperature: float,
@@ -200,7 +262,7 @@ def _unstack_layers(model) -> list:
 
 def _decode_token(model, layers, token, live, kv, valid, next_position, slot):
     """One decode step with per-layer caches: `model.hidden_states(token[:, None], live,
-    cache=...)` + `model.logits`, with the layers unrolled.
+    cache=...)` with the layers unrolled; returns the `[R, 1, E]` hidden state.
 
     Each layer's `(k, v)` is its own `[R, S, K, D]` buffer in the loop carry, so the step
     writes the new token's slot in place and attention reads the buffer directly. (The
@@ -224,8 +286,7 @@ def _decode_token(model, layers, token, live, kv, valid, next_position, slot):
         h, layer_kv = layer(h, positions, window_mask if slides else mask, kv[i],
                             jnp.asarray(slot, jnp.int32))
         new_kv.append(layer_kv)
-    h = model.norm(h)
-    return model.logits(h)[:, 0], new_kv, valid, next_position + live.astype(jnp.int32)
+    return model.norm(h), new_kv, valid, next_position + live.astype(jnp.int32)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None):
@@ -245,36 +306,50 @@ def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None):
 def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int,
              temperature: float = 0.0, seed: int = 0, prompt_width: int | None = None,
              num_samples: int = 1, top_k: int = 0, top_p: float = 1.0,
-             stop_ids: tuple[int, ...] | None = None) -> Samples:
-    """Samples completions for token-id prompts (host convenience over `sample_tokens`).
+             stop_ids: tuple[int, ...] | None = None, head_weights=None,
+             batch_size: int | None = None) -> Samples:
+    """Samples completions for token-id prompts: the host-side entry to `sample_tokens`.
 
     Args:
-      model: an NNX `Transformer`.
+      model: an NNX `Transformer`, or a multi-head model with `head_weights`.
       prompts: B lists of prompt token ids.
       max_new_tokens: N.
       eos_id, pad_id: stop and padding tokens.
       temperature: 0 = greedy.
-      seed: sampling seed.
-      prompt_width: pad prompts to this width (fewer compiles across batches).
+      seed: sampling seed; with `batch_size`, batch i draws with seed `seed + i`.
+      prompt_width: pad prompts to this width (default: the longest prompt).
       num_samples: G completions per prompt.
       top_k, top_p: see `filter_logits`.
       stop_ids: tokens that end a row; default `(eos_id,)`.
+      head_weights: `[H]` mixing weights of a multi-head model (`models.check_head_weights`).
+      batch_size: sample `batch_size` prompts per call, the last call padded with copies of
+        its first prompt, so every call has one shape and the sampler compiles once.
     Returns:
       `Samples` of numpy `[B * G, N]` arrays (rows prompt-major); the stop token is included
       with mask 1, slots after it are padding.
     """
     graphdef, params = nnx.split(model)
-    ids, mask = left_pad(prompts, pad_id, prompt_width)
     stops = tuple(int(s) for s in (stop_ids if stop_ids is not None else (eos_id,)))
-    out = sample_tokens(graphdef, params, ids, mask, jax.random.key(seed),
-                        num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
-                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                        stop_ids=stops, pad_id=int(pad_id))
-    return Samples(*(np.asarray(x) for x in out))
+    if head_weights is not None:
+        head_weights = jnp.asarray(check_head_weights(head_weights, model.num_heads))
+    width = prompt_width or max(len(x) for x in prompts)
+    size = batch_size or len(prompts)
+    out = []
+    for i, start in enumerate(range(0, len(prompts), size)):
+        chunk = [list(x) for x in prompts[start:start + size]]
+        n = len(chunk)
+        ids, mask = left_pad(chunk + [chunk[0]] * (size - n), pad_id, width)
+        got = sample_tokens(graphdef, params, ids, mask,
+                            jax.random.key(seed + i if batch_size else seed), head_weights,
+                            num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
+                            temperature=float(temperature), top_k=int(top_k),
+                            top_p=float(top_p), stop_ids=stops, pad_id=int(pad_id))
+        out.append([np.asarray(x)[:n * num_samples] for x in got])
+    return Samples(*(np.concatenate(parts) for parts in zip(*out)))
 
 
-def completions_text(tokenizer, tokens, mask, *, stop_ids: tuple[int, ...] | None = None
-                     ) -> list[str]:
+def decode_completions(tokenizer, tokens, mask, *, stop_ids: tuple[int, ...] | None = None
+                       ) -> list[str]:
     """Decodes sampled tokens to text, up to and excluding the stop token.
 
     Args:
@@ -290,3 +365,20 @@ def completions_text(tokenizer, tokens, mask, *, stop_ids: tuple[int, ...] | Non
         ids = [int(t) for t, keep in zip(row, m) if keep and int(t) not in stops]
         out.append(tokenizer.decode(ids))
     return out
+
+
+def sequences(prompt_ids, prompt_mask, tokens, mask):
+    """Training rows `[..., P + N]`: the left-padded prompt then the right-padded completion.
+
+    Args: prompt_ids, prompt_mask `[B, P]`; tokens, mask `[B, G, N]` or `[B, N]`.
+    Returns: (input_ids, attention_mask) shaped like `tokens` with P + N columns.
+    """
+    xp = jnp if isinstance(tokens, jax.Array) else np
+    extra = tokens.ndim - prompt_ids.ndim
+    shape = tokens.shape[:-1] + prompt_ids.shape[-1:]
+    p_ids = xp.broadcast_to(prompt_ids.reshape(prompt_ids.shape[:1] + (1,) * extra
+                                               + prompt_ids.shape[1:]), shape)
+    p_mask = xp.broadcast_to(prompt_mask.reshape(p_ids.shape[:1] + (1,) * extra
+                                                 + prompt_mask.shape[1:]), shape)
+    return (xp.concatenate([p_ids, tokens], -1).astype(np.int32),
+            xp.concatenate([p_mask, mask], -1).astype(np.int32))

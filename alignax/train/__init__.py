@@ -1,4 +1,8 @@
-"""Training: the train state, the jitted step, optimizers."""
+"""The engine: train state, the jitted step, optimizers, and the one training loop.
+
+It names no algorithm: `alignax.algorithms` hands `runner.run` a plan (parameters, loss
+function, data, hooks); `state`, `step` and `optim` are the pieces a notebook uses directly.
+"""
 
 from alignax.train.optim import (
     DECAYS,

@@ -21,7 +21,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from alignax import sharding as sh
+from alignax import sharding
 
 
 @struct.dataclass
@@ -54,7 +54,7 @@ def cast_floating(tree, dtype) -> Any:
 
 
 def train_state_shardings(abstract_state: TrainState, *, mesh: Mesh, names=None,
-                          ref_names=None, rules: sh.Rules | None = None) -> TrainState:
+                          ref_names=None, rules: sharding.Rules | None = None) -> TrainState:
     """Shardings for every leaf of a train state, from the logical-axis rules.
 
     Args:
@@ -69,19 +69,19 @@ def train_state_shardings(abstract_state: TrainState, *, mesh: Mesh, names=None,
       sharded like their parameters.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
-    params = sh.tree_shardings(abstract_state.params, mesh=mesh, names=names, rules=rules)
-    opt = sh.opt_state_shardings(abstract_state.opt_state, params=abstract_state.params,
+    params = sharding.tree_shardings(abstract_state.params, mesh=mesh, names=names, rules=rules)
+    opt = sharding.opt_state_shardings(abstract_state.opt_state, params=abstract_state.params,
                                  params_shardings=params, mesh=mesh)
     ref = None
     if abstract_state.ref_params is not None:
-        ref = sh.tree_shardings(abstract_state.ref_params, mesh=mesh,
+        ref = sharding.tree_shardings(abstract_state.ref_params, mesh=mesh,
                                 names=names if ref_names is None else ref_names, rules=rules)
     return TrainState(step=replicated, params=params, opt_state=opt, rng=replicated,
                       ref_params=ref)
 
 
 def init_train_state(init_params: Callable[[], Any], tx: optax.GradientTransformation, *,
-                     mesh: Mesh, seed: int = 0, names=None, rules: sh.Rules | None = None,
+                     mesh: Mesh, seed: int = 0, names=None, rules: sharding.Rules | None = None,
                      reference: str | Callable[[], Any] | None = None, ref_names=None,
                      ref_dtype=None) -> tuple[TrainState, TrainState]:
     """Creates a sharded train state directly on the devices.
@@ -106,12 +106,12 @@ def init_train_state(init_params: Callable[[], Any], tx: optax.GradientTransform
     _, shardings = _abstract(init, mesh=mesh, names=names, rules=rules,
                              ref_names=names if reference == "copy" and ref_names is None
                              else ref_names)
-    state = sh.init_sharded(init, mesh=mesh, shardings=shardings)
+    state = sharding.init_sharded(init, mesh=mesh, shardings=shardings)
     return state, shardings
 
 
 def abstract_train_state(init_params: Callable[[], Any], tx: optax.GradientTransformation, *,
-                         mesh: Mesh, names=None, rules: sh.Rules | None = None,
+                         mesh: Mesh, names=None, rules: sharding.Rules | None = None,
                          reference: str | Callable[[], Any] | None = None, ref_names=None,
                          ref_dtype=None) -> tuple[TrainState, TrainState]:
     """`(abstract_state, shardings)`: the restore target on `mesh`, without allocating.
@@ -123,7 +123,7 @@ def abstract_train_state(init_params: Callable[[], Any], tx: optax.GradientTrans
     abstract, shardings = _abstract(init, mesh=mesh, names=names, rules=rules,
                                     ref_names=names if reference == "copy" and ref_names is None
                                     else ref_names)
-    return sh.abstract_like(abstract, shardings), shardings
+    return sharding.abstract_like(abstract, shardings), shardings
 
 
 def _state_fn(init_params, tx, *, seed, reference, ref_dtype) -> Callable[[], TrainState]:
@@ -145,13 +145,13 @@ def _state_fn(init_params, tx, *, seed, reference, ref_dtype) -> Callable[[], Tr
 
 
 def _abstract(init, *, mesh, names, rules, ref_names):
-    with sh.no_eager_sharding():
+    with sharding.no_eager_sharding():
         abstract = jax.eval_shape(init)
     return abstract, train_state_shardings(abstract, mesh=mesh, names=names,
                                            ref_names=ref_names, rules=rules)
 
 
-def shard_params(params, *, mesh: Mesh, names=None, rules: sh.Rules | None = None,
+def shard_params(params, *, mesh: Mesh, names=None, rules: sharding.Rules | None = None,
                  dtype=None) -> Any:
     """Places an existing parameter tree by the rules, cast to `dtype` when given.
 
@@ -159,6 +159,6 @@ def shard_params(params, *, mesh: Mesh, names=None, rules: sh.Rules | None = Non
     `ref = shard_params(teacher_params, mesh=mesh, dtype=jnp.bfloat16)`.
     """
     cast = lambda p: cast_floating(p, dtype)
-    shardings = sh.tree_shardings(jax.eval_shape(cast, params), mesh=mesh, names=names,
+    shardings = sharding.tree_shardings(jax.eval_shape(cast, params), mesh=mesh, names=names,
                                   rules=rules)
     return jax.jit(cast, out_shardings=shardings)(params)

@@ -1,8 +1,8 @@
-"""`make_train_step`: one pure, jitted, sharded update step from an objective and an optimizer.
+"""`make_train_step`: one pure, jitted, sharded update step from a loss function and an optimizer.
 
-The objective is where model meets loss (`train/objectives.py`):
+The loss function is where model meets loss (each algorithm's, in `alignax.algorithms`):
 
-    def objective(params, batch, rng, *, ref_params=None) -> (loss, metrics):
+    def loss_fn(params, batch, rng, *, ref_params=None) -> (loss, metrics):
         model = nnx.merge(graphdef, params)          # graphdef closed over
         ...
         return loss, {"rewards/margins": ...}
@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from alignax import sharding as sh
+from alignax import sharding
 from alignax.train.state import TrainState
 
-Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def _split_microbatches(x: jax.Array, num_microbatches: int) -> jax.Array:
@@ -38,21 +38,21 @@ def _split_microbatches(x: jax.Array, num_microbatches: int) -> jax.Array:
     return jnp.swapaxes(x.reshape(b // num_microbatches, num_microbatches, *x.shape[1:]), 0, 1)
 
 
-def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, mesh: Mesh,
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, mesh: Mesh,
                     state_shardings: TrainState, num_microbatches: int = 1,
-                    rules: sh.Rules | None = None, donate: bool = True,
+                    rules: sharding.Rules | None = None, donate: bool = True,
                     learning_rate_fn: optax.Schedule | None = None
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds `step(state, batch) -> (state, metrics)`, jitted once with shardings.
 
     Gradient accumulation: with `num_microbatches=M` the batch `[B, ...]` is split into `M`
     micro-batches of `B / M` rows, scanned with `lax.scan` inside the jitted step; gradients,
-    loss and metrics are averaged over micro-batches. For an objective that averages over its
+    loss and metrics are averaged over micro-batches. For a loss that averages over its
     batch this equals one step on the whole batch (up to float rounding) at `1 / M` of the
     activation memory.
 
     Args:
-      objective: `(params, batch, rng, *, ref_params=None) -> (loss [], metrics {name: []})`;
+      loss_fn: `(params, batch, rng, *, ref_params=None) -> (loss [], metrics {name: []})`;
         `rng` is a typed key (`jax.random.key`), fresh every step (and micro-batch).
       tx: the optax transformation the state was initialised with.
       mesh: the mesh; the step runs under `jax.set_mesh(mesh)` so `constrain` works inside.
@@ -63,20 +63,20 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, m
       learning_rate_fn: if given, `metrics["learning_rate"]` logs it.
     Returns:
       `step(state, batch)`: `batch` a pytree of `[B, ...]` arrays (numpy on one process; global
-      `jax.Array`s from `sharding.host_local_to_global` on several). Metrics always include
+      `jax.Array`s from `distributed.host_local_to_global` on several). Metrics always include
       `loss` and `grad_norm` (before clipping). `step.jitted` is the underlying jitted function.
     """
     if num_microbatches < 1:
         raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
     replicated = NamedSharding(mesh, PartitionSpec())
-    batch_sharding = sh.batch_sharding(mesh, rules=rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules=rules)
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, *batch_sharding.spec))
 
-    def loss_fn(params, batch, rng, ref_params):
+    def call(params, batch, rng, ref_params):
         kwargs = {} if ref_params is None else {"ref_params": ref_params}
-        return objective(params, batch, rng, **kwargs)
+        return loss_fn(params, batch, rng, **kwargs)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(call, has_aux=True)
 
     def loss_and_grads(params, batch, rng, ref_params):
         if num_microbatches == 1:
@@ -123,7 +123,7 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, m
     def run(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
         leaves = jax.tree.leaves(batch)
         if leaves:
-            sh.check_batch_size(leaves[0].shape[0], mesh=mesh,
+            sharding.check_batch_size(leaves[0].shape[0], mesh=mesh,
                                 num_microbatches=num_microbatches, rules=rules)
         with jax.set_mesh(mesh):
             return jitted(state, batch)

@@ -21,10 +21,14 @@ Expected and the full recipe: experiments/README.md, "DCKD / ADPA".
 
 import common
 
+VARIANTS = ("default", "smoke", "plus", "smoke_plus")
+
 
 def get_config(variant: str = "default"):
-    c = common.base()
-    c.algorithm = "adpa"
+    # Recipe student_adpa.yaml: sft_on_chosen 1, adpa_weight 1.6, clamped targets. The extras
+    # (importance_sampling, kl_penalty_weight, dpo_weight) are off, as in the recipe.
+    c = common.base("adpa", name="adpa", sft_weight=1.0, adpa_weight=1.6, clamp_advantage=True,
+                    importance_sampling=False, kl_penalty_weight=0.0, dpo_weight=0.0, beta=0.1)
     c.model.overrides = {"hidden_size": 32, "intermediate_size": 64}
     # See dckd.py. Here `ref_path` (the DPO teacher's SFT model) is required for real runs.
     c.teacher = dict(path="", ref_path="", tokenizer="", name="llama",
@@ -33,10 +37,6 @@ def get_config(variant: str = "default"):
     c.data.num_train = 4096
     # How the student's own responses (the rejected y_l) are drawn.
     c.sampling = dict(temperature=1.0, top_k=0, top_p=1.0, seed=0, batch_size=64)
-    # Recipe student_adpa.yaml: sft_on_chosen 1, adpa_weight 1.6, clamped targets. The extras
-    # (importance_sampling, kl_penalty_weight, dpo_weight) are off, as in the recipe.
-    c.loss = dict(name="adpa", sft_weight=1.0, adpa_weight=1.6, clamp_advantage=True,
-                  importance_sampling=False, kl_penalty_weight=0.0, dpo_weight=0.0, beta=0.1)
     c.optim.learning_rate = 1e-4
     c.train.steps = 200
     # ADPA+: steps > 0 first trains DCKD for `steps` (this loss and learning rate, the teacher
@@ -44,9 +44,6 @@ def get_config(variant: str = "default"):
     c.dckd_stage = dict(steps=0, learning_rate=1e-4,
                         loss=dict(name="dckd", sft_weight=1.0, distill_weight=1.0,
                                   chosen_weight=0.1, rejected_weight=0.1, prob_stabilize=True))
-    if variant not in ("default", "smoke", "plus", "smoke_plus"):
-        raise ValueError(f"adpa.py: unknown variant {variant!r} (default, smoke, plus, "
-                         "smoke_plus)")
     if variant in ("plus", "smoke_plus"):
         c.dckd_stage.steps = 200
     if variant in ("smoke", "smoke_plus"):

@@ -15,10 +15,14 @@ Expected and the full recipe (teacher, student, every row): experiments/README.m
 
 import common
 
+VARIANTS = ("default", "smoke")
+
 
 def get_config(variant: str = "default"):
-    c = common.base()
-    c.algorithm = "dckd"
+    # Recipe student_dckd.yaml: sft_on_chosen 1, distillation_weight 1, chosen / rejected
+    # distil weights 0.1, prob_stabilize on.
+    c = common.base("dckd", name="dckd", sft_weight=1.0, distill_weight=1.0, chosen_weight=0.1,
+                    rejected_weight=0.1, prob_stabilize=True)
     # The student: a local HF export (model.path), or this tiny architecture from scratch.
     c.model.overrides = {"hidden_size": 32, "intermediate_size": 64}
     # Teacher and student share the tokenizer and vocabulary (checked). `path` = the DPO
@@ -29,10 +33,6 @@ def get_config(variant: str = "default"):
                      overrides={"hidden_size": 128, "intermediate_size": 256}, seed=1, dtype="",
                      top_k=50, precompute=False, cache_dir="", advantage_beta=1.0)
     c.data.num_train = 4096
-    # Recipe student_dckd.yaml: sft_on_chosen 1, distillation_weight 1, chosen / rejected
-    # distil weights 0.1, prob_stabilize on.
-    c.loss = dict(name="dckd", sft_weight=1.0, distill_weight=1.0, chosen_weight=0.1,
-                  rejected_weight=0.1, prob_stabilize=True)
     c.optim.learning_rate = 1e-4
     c.train.steps = 200
     if variant == "smoke":

@@ -8,11 +8,11 @@ Expected: see experiments/README.md.
 
 import common
 
+VARIANTS = ("default", "demo", "smoke")  # demo = default (`make demo`'s second stage)
+
 
 def get_config(variant: str = "default"):
-    c = common.base()
-    c.algorithm = "dpo"
-    c.loss = dict(name="sigmoid", beta=0.1)
+    c = common.base("dpo", name="sigmoid", beta=0.1)
     # Adam moves tiny-model weights fast: 3e-6 for 200 steps; 5e-5 already over-optimises
     # (pair accuracy 1.0 while greedy accuracy collapses), see experiments/README.md.
     c.optim.learning_rate = 3e-6

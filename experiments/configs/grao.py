@@ -10,10 +10,12 @@ Expected: see experiments/README.md.
 
 import common
 
+VARIANTS = ("default", "smoke")
+
 
 def get_config(variant: str = "default"):
     # beta: imitation weight; lam: alignment-regulariser weight (paper 0.5 / 0.6); pooled:
-    # advantages normalised over the G samples and the answer together (ALGORITHMS.md §1).
+    # advantages normalised over the G samples and the answer together (docs/algorithms.md).
     c = common.online("grao", dict(name="grao", beta=0.5, lam=0.6, pooled=True),
                       temperature=0.7)
     if variant == "smoke":

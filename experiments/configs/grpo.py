@@ -9,12 +9,13 @@ Expected: see experiments/README.md.
 
 import common
 
+VARIANTS = ("default", "dapo", "kl", "smoke")
+
 
 def get_config(variant: str = "default"):
     # loss.name is TRL's loss_type; scale_rewards is the advantage's divisor (group/batch/none).
     c = common.online("grpo", dict(name="grpo", beta=0.0, epsilon=0.2, epsilon_high=0.2,
-                                   scale_rewards="group", importance_sampling_level="token"),
-                      dynamic_sampling=False, max_resample=4)
+                                   scale_rewards="group", importance_sampling_level="token"))
     if variant == "dapo":
         c.loss.update(name="dapo", epsilon_high=0.28)
         c.rollout.dynamic_sampling = True

@@ -6,11 +6,11 @@ Expected: see experiments/README.md.
 
 import common
 
+VARIANTS = ("default", "smoke")
+
 
 def get_config(variant: str = "default"):
-    c = common.base()
-    c.algorithm = "kto"
-    c.loss = dict(name="kto", beta=0.1, desirable_weight=1.0, undesirable_weight=1.0)
+    c = common.base("kto", name="kto", beta=0.1, desirable_weight=1.0, undesirable_weight=1.0)
     c.optim.learning_rate = 1e-5
     if variant == "smoke":
         common.smoke(c)

@@ -6,11 +6,11 @@ Expected: see experiments/README.md.
 
 import common
 
+VARIANTS = ("default", "smoke")
+
 
 def get_config(variant: str = "default"):
-    c = common.base()
-    c.algorithm = "orpo"
-    c.loss = dict(name="orpo", beta=0.1, nll_weight=1.0)
+    c = common.base("orpo", name="orpo", beta=0.1, nll_weight=1.0)
     c.optim.learning_rate = 1e-5
     if variant == "smoke":
         common.smoke(c)

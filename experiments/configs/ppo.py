@@ -12,6 +12,8 @@ Expected: see experiments/README.md.
 
 import common
 
+VARIANTS = ("default", "smoke")
+
 
 def get_config(variant: str = "default"):
     # TRL defaults: kl_coef 0.05 (k1), cliprange 0.2, cliprange_value 0.2, vf_coef 0.1, gamma 1,

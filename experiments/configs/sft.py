@@ -6,11 +6,11 @@ Expected: see experiments/README.md (measured on the 2-core CPU machine).
 
 import common
 
+VARIANTS = ("default", "noisy", "demo", "smoke")
+
 
 def get_config(variant: str = "default"):
-    c = common.base()
-    c.algorithm = "sft"
-    c.loss = dict(name="nll")
+    c = common.base("sft", name="nll")
     c.data.error_rate = 0.0
     c.optim.learning_rate = 3e-3
     c.train.steps = 800

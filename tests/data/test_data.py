@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from alignax import data
-from alignax.data import synthetic
+from alignax.data import arithmetic
 
 
 class CharTokenizer:
@@ -128,7 +128,7 @@ def test_objective_names_and_indices():
 
 
 def _rows(n):
-    return data.tokenize_examples(synthetic.preference_pairs(n, seed=0), CharTokenizer(),
+    return data.tokenize_examples(arithmetic.preference_pairs(n, seed=0), CharTokenizer(),
                                   data.Limits(8, 8))
 
 
@@ -160,17 +160,33 @@ def test_process_slices_cover_the_global_batch():
 
 
 def test_synthetic_task_answers_and_noise(tmp_path):
-    probs = synthetic.problems(50, seed=1)
-    assert all(synthetic.is_correct(p, a) for p, a in probs)
-    assert synthetic.accuracy([p for p, _ in probs], [a + "\n" for _, a in probs]) == 1.0
-    noisy = synthetic.sft_examples(400, seed=1, error_rate=0.25)
-    wrong = np.mean([not synthetic.is_correct(e.prompt, e.completion) for e in noisy])
+    probs = arithmetic.problems(50, seed=1)
+    assert all(arithmetic.is_correct(p, a) for p, a in probs)
+    assert arithmetic.accuracy([p for p, _ in probs], [a + "\n" for _, a in probs]) == 1.0
+    noisy = arithmetic.sft_examples(400, seed=1, error_rate=0.25)
+    wrong = np.mean([not arithmetic.is_correct(e.prompt, e.completion) for e in noisy])
     assert 0.18 < wrong < 0.32  # binomial(400, 0.25): 4.5 sigma band
-    pairs = synthetic.preference_pairs(20, seed=2)
-    assert all(synthetic.is_correct(p.prompt, p.chosen) and
-               not synthetic.is_correct(p.prompt, p.rejected) for p in pairs)
+    pairs = arithmetic.preference_pairs(20, seed=2)
+    assert all(arithmetic.is_correct(p.prompt, p.chosen) and
+               not arithmetic.is_correct(p.prompt, p.rejected) for p in pairs)
     path = str(tmp_path / "pairs.jsonl")
-    synthetic.write_jsonl(pairs, path)
+    arithmetic.write_jsonl(pairs, path)
     back, _ = _load(path)
     assert [(e.prompt, e.chosen, e.rejected) for e in back] == [
         (p.prompt, p.chosen, p.rejected) for p in pairs]
+
+
+def test_batch_arrays_align_with_rows():
+    # Each batch's cached arrays belong to the rows collated into it, across epochs and after
+    # a resume from a state dict; rows carry their own index in the prompt.
+    rows = [{"prompt": [i], "chosen": [1], "rejected": [2], "objective": 0} for i in range(10)]
+    arrays = {"teacher_rest": np.arange(10, dtype=np.float32)}
+    kw = dict(global_batch_size=4, pad_id=256, max_length=4, seed=3)
+    it = data.BatchIterator(rows, arrays=arrays, **kw)
+    for step in range(6):
+        if step == 3:
+            state = it.state_dict()
+            it = data.BatchIterator(rows, arrays=arrays, **kw)
+            it.load_state_dict(state)
+        b = next(it)
+        np.testing.assert_array_equal(b["teacher_rest"], b["input_ids"][:, 0, 0])

@@ -3,7 +3,7 @@
 import pytest
 
 from alignax import data
-from alignax.data import synthetic
+from alignax.data import arithmetic
 
 
 def test_tfds_round_trip_and_training_records(tmp_path):
@@ -11,7 +11,7 @@ def test_tfds_round_trip_and_training_records(tmp_path):
     pytest.importorskip("grain")
     from alignax.data import tfds
 
-    pairs = synthetic.preference_pairs(12, seed=0)
+    pairs = arithmetic.preference_pairs(12, seed=0)
     records = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
     tfds.write_tfds(records, name="arith_prefs", data_dir=str(tmp_path))
     path = f"tfds:arith_prefs/train@{tmp_path}"

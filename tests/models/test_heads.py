@@ -54,8 +54,6 @@ def test_multi_head_init_is_base_plus_small_noise():
     noise = w - np.asarray(base)[None]
     assert 0.7e-3 < noise.std() < 1.3e-3  # N(0, 0.001^2) over 264 draws
     assert not np.allclose(noise[0], noise[1])  # heads differ
-    ref = models.reference_weights(base, H)
-    np.testing.assert_array_equal(ref, np.broadcast_to(base, (H, E, V)))  # unperturbed
 
 
 def test_head_logits_and_mixing():
@@ -65,15 +63,24 @@ def test_head_logits_and_mixing():
     assert logits.shape == (H, B, S, V)
     np.testing.assert_allclose(logits[1], hidden @ heads.weight[1], atol=1e-5)
     weights = jnp.asarray([2.0, 1.0, 1.0])
-    mixed = models.mix_head_logits(logits, weights)
+    mixed = hidden @ models.mix_heads(heads.weight[...], weights)
     expected = 0.5 * logits[0] + 0.25 * logits[1] + 0.25 * logits[2]  # normalised weights
     np.testing.assert_allclose(mixed, expected, atol=1e-5)
-    # Scale-free weights; a one-hot weight selects that head.
-    np.testing.assert_allclose(models.mix_head_logits(logits, 10 * weights), mixed, atol=1e-5)
-    np.testing.assert_allclose(models.mix_head_logits(logits, jnp.asarray([0.0, 0.0, 1.0])),
-                               logits[2], atol=1e-6)
-    # Mixing the weights equals mixing the logits (linearity), without [H, B, S, V].
-    np.testing.assert_allclose(heads.mixed_logits(hidden, weights), mixed, atol=1e-5)
+    # Scale-free weights; a one-hot weight selects that head bit for bit.
+    np.testing.assert_array_equal(models.mix_heads(heads.weight[...], 10 * weights),
+                                  models.mix_heads(heads.weight[...], weights))
+    np.testing.assert_array_equal(models.mix_heads(heads.weight[...], jnp.asarray([0, 0, 1.0])),
+                                  heads.weight[...][2])
+
+
+def test_mixing_worked_example():
+    # z0 = [2, 1, 0], z1 = [0, 1, 3], weights (3, 1) -> (0.75, 0.25): z = [1.5, 1, 0.75],
+    # softmax [0.481024, 0.291756, 0.227220] (docs/algorithms.md, MAH-DPO).
+    z = jnp.asarray([[[2.0, 1.0, 0.0]], [[0.0, 1.0, 3.0]]])  # [H=2, E=1, V=3]: logits = W
+    mixed = jax.jit(models.mix_heads)(z, jnp.asarray([3.0, 1.0]))[0]
+    np.testing.assert_allclose(mixed, [1.5, 1.0, 0.75], rtol=1e-7)
+    np.testing.assert_allclose(jax.nn.softmax(mixed), [0.481024, 0.291756, 0.227220],
+                               atol=1e-6)
 
 
 def test_multi_head_token_logps():

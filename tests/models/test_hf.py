@@ -56,13 +56,13 @@ def test_logits_match_transformers(family, saved_hf):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_to_hf_round_trip(family, saved_hf, tmp_path):
-    import transformers as tf
+    import transformers
 
     hf_model, path = saved_hf(family)
     model = models.from_hf(path)
     written = models.to_hf(model, tmp_path)
     assert "model.safetensors" in written and "config.json" in written
-    reloaded = getattr(tf, type(hf_model).__name__).from_pretrained(tmp_path).eval()
+    reloaded = getattr(transformers, type(hf_model).__name__).from_pretrained(tmp_path).eval()
     ids, mask = _ids_and_mask()
     err = float(np.max(np.abs(hf_logits(reloaded, ids) - hf_logits(hf_model, ids))))
     err_pad = _real_error(hf_logits(reloaded, ids, mask), hf_logits(hf_model, ids, mask), mask)
@@ -83,7 +83,7 @@ def _params(model):
 
 
 def test_sharded_checkpoint_with_index(saved_hf, tmp_path):
-    import transformers as tf
+    import transformers
 
     hf_model, path = saved_hf("qwen3")
     hf_model.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
@@ -95,7 +95,7 @@ def test_sharded_checkpoint_with_index(saved_hf, tmp_path):
     # Our exporter shards too, and transformers reads its index.
     written = models.to_hf(sharded, tmp_path / "out", max_shard_bytes=16_000)
     assert "model.safetensors.index.json" in written and len(written) > 3
-    reloaded = tf.Qwen3ForCausalLM.from_pretrained(tmp_path / "out").eval()
+    reloaded = transformers.Qwen3ForCausalLM.from_pretrained(tmp_path / "out").eval()
     ids, _ = _ids_and_mask()
     assert np.max(np.abs(hf_logits(reloaded, ids) - hf_logits(hf_model, ids))) < TOL
 
@@ -164,12 +164,12 @@ def test_dtypes(saved_hf):
      "beta_fast": 16, "beta_slow": 2, "mscale": 1.0, "mscale_all_dim": 0.5},
 ])
 def test_rope_frequencies_match_transformers(scaling):
-    import transformers as tf
+    import transformers
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     from alignax.models.attention import rope_frequencies
 
-    hf = tf.LlamaConfig(hidden_size=256, num_attention_heads=4, head_dim=64,
+    hf = transformers.LlamaConfig(hidden_size=256, num_attention_heads=4, head_dim=64,
                         rope_theta=500000.0, max_position_embeddings=1024,
                         rope_scaling=dict(scaling))
     inv, factor = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf, "cpu")
@@ -190,14 +190,14 @@ def test_config_round_trip_and_tiny_configs():
 
 def test_uses_own_random_model_end_to_end(tmp_path):
     """to_hf of a freshly initialised alignax model loads in transformers with our logits."""
-    import transformers as tf
+    import transformers
 
     cfg = models.tiny_config("qwen3", vocab_size=VOCAB, hidden_size=32, head_dim=8,
                              intermediate_size=64, pad_token_id=None, bos_token_id=None,
                              eos_token_id=None)
     model = models.init_model(cfg, seed=3)
     models.to_hf(model, tmp_path)
-    hf_model = tf.Qwen3ForCausalLM.from_pretrained(tmp_path).eval()
+    hf_model = transformers.Qwen3ForCausalLM.from_pretrained(tmp_path).eval()
     ids, mask = _ids_and_mask()
     ours = np.asarray(models.forward(model, jnp.asarray(ids), jnp.asarray(mask)))
     assert _real_error(ours, hf_logits(hf_model, ids, mask), mask) < TOL
@@ -205,7 +205,7 @@ def test_uses_own_random_model_end_to_end(tmp_path):
 
 def test_per_layer_sliding_window_matches_transformers(tmp_path):
     """Qwen2 with use_sliding_window: only layers >= max_window_layers use the window."""
-    import transformers as tf
+    import transformers
 
     from tests.models.hf_util import make_hf_model
 
@@ -220,8 +220,8 @@ def test_per_layer_sliding_window_matches_transformers(tmp_path):
     assert _real_error(ours, hf_logits(hf_model, ids, mask), mask) < TOL
     # The window matters here: the same weights without it give other logits.
     models.to_hf(model, tmp_path / "out")
-    back = tf.Qwen2ForCausalLM.from_pretrained(tmp_path / "out").eval()
+    back = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert back.config.layer_types == ["full_attention", "sliding_attention"]
-    no_window = tf.Qwen2ForCausalLM.from_pretrained(
+    no_window = transformers.Qwen2ForCausalLM.from_pretrained(
         tmp_path / "out", layer_types=["full_attention"] * 2).eval()
     assert np.max(np.abs(hf_logits(no_window, ids) - hf_logits(hf_model, ids))) > 1e-3

@@ -31,10 +31,10 @@ def test_byte_tokenizer_round_trip():
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import models as tm
+    from tokenizers import models as tokenizer_models
     from tokenizers import pre_tokenizers, trainers
 
-    tok = tokenizers.Tokenizer(tm.BPE(unk_token="<unk>"))
+    tok = tokenizers.Tokenizer(tokenizer_models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

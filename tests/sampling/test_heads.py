@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignax.data import multiobjective as MO
-from alignax.models import ByteTokenizer, init_model, tiny_config
-from alignax.sampling import heads as SH
-from alignax.sampling.sampler import left_pad, sample_tokens
-from alignax.train.multihead import MultiHeadLM
+from alignax.data import arithmetic
+from alignax.models import (
+    ByteTokenizer,
+    MultiHeadLM,
+    check_head_weights,
+    init_model,
+    mix_heads,
+    tiny_config,
+)
+from alignax.sampling import generate, left_pad, sample_tokens, sweep_head_weights, weight_grid
 
 TOK = ByteTokenizer()
 PROMPTS = ["12+7=", "3+15=", "9+9=", "20+1="]
@@ -37,9 +42,9 @@ def test_one_hot_weights_sample_exactly_that_head(model, prompts):
     key = jax.random.key(3)
     w = np.zeros(3, np.float32)
     w[2] = 1.0
-    assert np.array_equal(SH.mixed_head(model.heads.weight[...], w),
+    assert np.array_equal(mix_heads(model.heads.weight[...], w),
                           np.asarray(model.heads.weight[...][2]))  # bit for bit
-    got = SH.sample_mixed(graphdef, params, ids, mask, key, w, num_samples=2, temperature=1.0,
+    got = sample_tokens(graphdef, params, ids, mask, key, w, num_samples=2, temperature=1.0,
                           top_k=20, **KW)
     # The same head as a plain Transformer through the ordinary sampler.
     lm_graphdef, lm_params = nnx.split(model.as_lm(w))
@@ -49,7 +54,7 @@ def test_one_hot_weights_sample_exactly_that_head(model, prompts):
     np.testing.assert_array_equal(got.mask, want.mask)
     np.testing.assert_allclose(got.logps, want.logps, rtol=1e-5, atol=1e-5)
     # And it is not head 0's sample (the check can fail).
-    other = SH.sample_mixed(graphdef, params, ids, mask, key, np.eye(3, dtype=np.float32)[0],
+    other = sample_tokens(graphdef, params, ids, mask, key, np.eye(3, dtype=np.float32)[0],
                             num_samples=2, temperature=1.0, top_k=20, **KW)
     assert not np.array_equal(other.tokens, got.tokens)
 
@@ -59,7 +64,7 @@ def test_mixing_is_the_weighted_sum_of_raw_logits(model, prompts):
     graphdef, params = nnx.split(model)
     w = np.array([2.0, 1.0, 1.0], np.float32)  # normalised to (0.5, 0.25, 0.25)
     temperature = 0.7
-    out = SH.sample_mixed(graphdef, params, ids, mask, jax.random.key(0), w, num_samples=1,
+    out = sample_tokens(graphdef, params, ids, mask, jax.random.key(0), w, num_samples=1,
                           temperature=temperature, **KW)
     # Direct: full forward over prompt + sampled tokens, every head's logits, mix, softmax.
     full_ids = jnp.concatenate([jnp.asarray(ids), out.tokens], axis=1)
@@ -75,41 +80,42 @@ def test_mixing_is_the_weighted_sum_of_raw_logits(model, prompts):
                           jax.nn.softmax(head_logits[:, :, p - 1:-1] / temperature), axes=1)
     wrong = jnp.take_along_axis(jnp.log(probs), out.tokens[..., None], -1)[..., 0] * out.mask
     assert float(jnp.max(jnp.abs(wrong - want))) > 1e-3
-    # `MultiHeadLM.mixed_logits` is the same mixture.
-    np.testing.assert_allclose(model.mixed_logits(full_ids, full_mask, w), mixed, atol=1e-4)
+    # The mixed head (`models.mix_heads`) gives the same mixture: logits are linear in W.
+    hidden, _ = model.hidden_states(full_ids, full_mask)
+    np.testing.assert_allclose(hidden @ mix_heads(model.heads.weight[...], w), mixed, atol=1e-4)
 
 
 def test_sweep_equals_separate_calls(model, prompts):
     ids, mask = prompts
     graphdef, params = nnx.split(model)
     weights = np.array([[1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5], [0, 0, 1]], np.float32)
-    answers = np.repeat(np.asarray([MO.answer_of(p) for p in PROMPTS], np.int32), 2)
+    answers = np.repeat(np.asarray([arithmetic.answer_of(p) for p in PROMPTS], np.int32), 2)
     key = jax.random.key(7)
     kw = dict(KW, num_samples=2, temperature=1.0, top_p=0.9)
-    sweep = SH.sweep_head_weights(graphdef, params, ids, mask, key, weights, (answers,),
-                                  score_fn=MO.token_scores, **kw)
+    sweep = sweep_head_weights(graphdef, params, ids, mask, key, weights, (answers,),
+                                  score_fn=arithmetic.token_scores, **kw)
     assert sweep.samples.tokens.shape == (4, 8, 5) and sweep.scores.shape == (4, 8, 2)
     for k, w in enumerate(weights):
-        one = SH.sample_mixed(graphdef, params, ids, mask, key, w, **kw)
+        one = sample_tokens(graphdef, params, ids, mask, key, w, **kw)
         np.testing.assert_array_equal(sweep.samples.tokens[k], one.tokens)
         np.testing.assert_array_equal(sweep.samples.mask[k], one.mask)
         np.testing.assert_allclose(sweep.samples.logps[k], one.logps, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(sweep.scores[k],
-                                      MO.token_scores(one.tokens, one.mask, answers))
+                                      arithmetic.token_scores(one.tokens, one.mask, answers))
     assert len({bytes(np.asarray(t)) for t in sweep.samples.tokens}) > 1  # weights matter
 
 
 def test_weight_checks_and_grid(model):
-    np.testing.assert_allclose(SH.check_head_weights([3, 1, 0], 3), [0.75, 0.25, 0.0])
+    np.testing.assert_allclose(check_head_weights([3, 1, 0], 3), [0.75, 0.25, 0.0])
     with pytest.raises(ValueError, match="expected 3 weights"):
-        SH.check_head_weights([0.7, 0.3], 3)
+        check_head_weights([0.7, 0.3], 3)
     with pytest.raises(ValueError, match="not all 0"):
-        SH.check_head_weights([0, 0, 0], 3)
+        check_head_weights([0, 0, 0], 3)
     with pytest.raises(ValueError, match=">= 0"):
-        SH.check_head_weights([1, -1, 1], 3)
-    grid = SH.weight_grid(5)
+        check_head_weights([1, -1, 1], 3)
+    grid = weight_grid(5)
     np.testing.assert_allclose(grid[:, 1], [0, 0.25, 0.5, 0.75, 1])
     np.testing.assert_allclose(grid.sum(1), 1.0)
-    out = SH.generate_mixed(model, [TOK.encode("1+1=")], [0, 1, 0], max_new_tokens=3,
-                            eos_id=TOK.eos_id, pad_id=TOK.pad_id)
+    out = generate(model, [TOK.encode("1+1=")], head_weights=[0, 1, 0], max_new_tokens=3,
+                   eos_id=TOK.eos_id, pad_id=TOK.pad_id)
     assert isinstance(out.tokens, np.ndarray) and out.tokens.shape == (1, 3)

@@ -14,22 +14,22 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
-from alignax import sharding as sh  # noqa: E402
+from alignax import distributed, sharding  # noqa: E402
 from alignax.train import init_train_state, make_train_step  # noqa: E402
 from tests.train import tiny_lm  # noqa: E402
 
 
 def main(process_id: int, num_processes: int, port: int, out: str) -> None:
-    assert sh.initialize_distributed(coordinator_address=f"127.0.0.1:{port}",
+    assert distributed.initialize_distributed(coordinator_address=f"127.0.0.1:{port}",
                                      num_processes=num_processes, process_id=process_id)
     assert jax.process_count() == num_processes and jax.device_count() == 8
-    mesh = sh.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     tx = tiny_lm.make_tx()
     state, shardings = init_train_state(tiny_lm.init_params(), tx, mesh=mesh, seed=0)
     global_batch = tiny_lm.make_batch(0)
-    rows = sh.process_batch_slice(8, mesh=mesh)
+    rows = distributed.process_batch_slice(8, mesh=mesh)
     local = {k: v[rows] for k, v in global_batch.items()}
-    batch = sh.host_local_to_global(local, mesh=mesh)
+    batch = distributed.host_local_to_global(local, mesh=mesh)
     step = make_train_step(tiny_lm.make_objective(tiny_lm.graphdef()), tx, mesh=mesh,
                            state_shardings=shardings)
     state, metrics = step(state, batch)

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import numpy as np  # noqa: E402
 
 from alignax import checkpoint as ckpt  # noqa: E402
-from alignax import sharding as sh  # noqa: E402
+from alignax import sharding  # noqa: E402
 from alignax.train import (  # noqa: E402
     abstract_train_state,
     init_train_state,
@@ -31,7 +31,7 @@ def train(workdir: str, *, total_steps: int, every_steps: int,
           kill_after: int | None = None) -> tuple[dict[int, float], dict[str, np.ndarray]]:
     """Trains to `total_steps`, resuming from WORKDIR/checkpoints if there is a checkpoint."""
     config = {"mesh": MESH, "seed": 0, "steps": total_steps}
-    mesh = sh.make_mesh(MESH)
+    mesh = sharding.make_mesh(MESH)
     tx = tiny_lm.make_tx()
     manager = ckpt.checkpoint_manager(os.path.join(workdir, "checkpoints"),
                                       every_steps=every_steps, keep=2)

@@ -9,7 +9,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from alignax import sharding as sh
+from alignax import sharding
 from alignax.train import init_train_state, make_train_step
 from tests.train import tiny_lm
 
@@ -17,7 +17,7 @@ MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
 
 
 def _mesh(shape):
-    return sh.make_mesh(dict(zip(sh.MESH_AXES, shape, strict=True)))
+    return sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape, strict=True)))
 
 
 @functools.cache  # shared with tests/test_sharding.py's two-process comparison
@@ -29,7 +29,7 @@ def _one_step(mesh_shape, *, num_microbatches=1):
     objective = tiny_lm.make_objective(tiny_lm.graphdef())
     batch = tiny_lm.make_batch(0)
     grad_fn = jax.jit(jax.grad(lambda p, b: objective(p, b, jax.random.key(0))[0]),
-                      in_shardings=(shardings.params, sh.batch_sharding(mesh)))
+                      in_shardings=(shardings.params, sharding.batch_sharding(mesh)))
     with jax.set_mesh(mesh):
         grads = tiny_lm.flat_params(grad_fn(state.params, batch))
     param_specs = jax.tree.map(lambda x: x.sharding.spec, state.params)

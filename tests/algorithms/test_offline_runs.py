@@ -1,4 +1,5 @@
-"""End to end: every offline config's smoke variant, resume equality, NaN stop, CLI errors."""
+"""End to end: every offline config's smoke variant, resume equality, NaN stop, CLI errors,
+the precomputed reference."""
 
 import json
 import os
@@ -8,39 +9,32 @@ import sys
 import numpy as np
 import pytest
 
-from alignax import config as C
-from alignax import metrics
-from alignax.train import loop
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "experiments", "configs")
+from alignax import config, metrics
+from alignax.train.runner import TrainingError
+from tests.runs import ROOT, load, train
 
 
 def _cfg(name, *overrides):
-    cfg = C.load_config(os.path.join(CONFIGS, f"{name}.py") + ":smoke")
-    C.apply_overrides(cfg, list(overrides))
-    C.validate(cfg)
-    return cfg
+    return load(name, *overrides)
 
 
 @pytest.fixture(scope="module")
 def sft_export(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("sft"))
-    summary = loop.run(_cfg("sft"), workdir, log=lambda *_: None)
+    summary = train(_cfg("sft"), workdir)
     return summary["hf_export"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dpo", "simpo", "orpo", "kto", "reward_model"])
 def test_smoke_configs_run_from_sft(name, sft_export, tmp_path):
-    summary = loop.run(_cfg(name, f"--config.model.path={sft_export}"), str(tmp_path),
-                       log=lambda *_: None)
+    summary = train(_cfg(name, f"--config.model.path={sft_export}"), tmp_path)
     rows = metrics.read_metrics(str(tmp_path))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) for r in rows)
     if name == "reward_model":
         assert {"accuracy", "margin", "eval/accuracy"} <= set(rows[-1])
-        from alignax.models.reward_model import load_reward_model
+        from alignax.models import load_reward_model
 
         load_reward_model(summary["hf_export"])
     else:
@@ -56,10 +50,10 @@ def test_resume_is_identical(tmp_path):
     # The summary too: eval_before is measured once, before step 1, and kept for the resume.
     straight = str(tmp_path / "a")
     ev = "--config.train.eval_every=4"
-    sa = loop.run(_cfg("dpo", ev), straight, log=lambda *_: None)
+    sa = train(_cfg("dpo", ev), straight)
     resumed = str(tmp_path / "b")
-    loop.run(_cfg("dpo", ev, "--config.train.steps=2"), resumed, log=lambda *_: None)
-    sb = loop.run(_cfg("dpo", ev), resumed, log=lambda *_: None)
+    train(_cfg("dpo", ev, "--config.train.steps=2"), resumed)
+    sb = train(_cfg("dpo", ev), resumed)
     assert sb["eval_before"] == sa["eval_before"] and sb["eval_after"] == sa["eval_after"]
     a, b = metrics.read_metrics(straight), metrics.read_metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
@@ -75,8 +69,8 @@ def test_resume_is_identical(tmp_path):
 def test_nan_loss_stops_with_step(tmp_path):
     cfg = _cfg("sft", "--config.train.eval_every=0", "--config.optim.learning_rate=1e30",
                "--config.optim.max_grad_norm=None")
-    with pytest.raises(loop.TrainingError, match=r"loss is (nan|inf) at step \d"):
-        loop.run(cfg, str(tmp_path), log=lambda *_: None)
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at step \d"):
+        train(cfg, str(tmp_path))
 
 
 def _cli(*args, cwd=ROOT):
@@ -104,12 +98,12 @@ def test_precomputed_reference_matches_in_step_reference(tmp_path):
     # float32 reassociation), and a second run reuses the cache file.
     base = ("--config.train.eval_every=0", "--config.train.export_hf=False")
     in_step = str(tmp_path / "in_step")
-    loop.run(_cfg("dpo", *base), in_step, log=lambda *_: None)
+    train(_cfg("dpo", *base), in_step)
     cache = str(tmp_path / "cache")
     pre = ("--config.reference.precompute=True", f"--config.reference.cache_dir={cache}")
     logs = []
-    loop.run(_cfg("dpo", *base, *pre), str(tmp_path / "pre1"), log=logs.append)
-    loop.run(_cfg("dpo", *base, *pre), str(tmp_path / "pre2"), log=logs.append)
+    train(_cfg("dpo", *base, *pre), str(tmp_path / "pre1"), log=logs.append)
+    train(_cfg("dpo", *base, *pre), str(tmp_path / "pre2"), log=logs.append)
     assert any("computed" in m for m in logs) and any("reusing" in m for m in logs)
     assert len(os.listdir(cache)) == 2  # one file for the train rows, one for the eval rows
     a = metrics.read_metrics(in_step)
@@ -118,49 +112,7 @@ def test_precomputed_reference_matches_in_step_reference(tmp_path):
     np.testing.assert_allclose([r["rewards/margins"] for r in a],
                                [r["rewards/margins"] for r in b], atol=1e-6)
     # Same weights, another compute dtype: other log-probs, so a new cache file, not a reuse.
-    loop.run(_cfg("dpo", *base, *pre, "--config.model.dtype=bfloat16"), str(tmp_path / "bf16"),
-             log=lambda *_: None)
+    train(_cfg("dpo", *base, *pre, "--config.model.dtype=bfloat16"), tmp_path / "bf16")
     assert len(os.listdir(cache)) == 4
-    with pytest.raises(ValueError, match="only the DPO family can precompute"):
-        loop.run(_cfg("kto", *base, *pre), str(tmp_path / "kto"), log=lambda *_: None)
-
-
-def test_ref_cache_fingerprint_sees_data_weights_and_settings():
-    from alignax.train import ref_cache
-
-    rows = [{"prompt": [1, 2], "chosen": [3], "rejected": [4]}]
-    params = {"w": np.ones((2, 2), np.float32)}
-    key = ref_cache.fingerprint(rows, params)
-    assert key == ref_cache.fingerprint(rows, {"w": np.ones((2, 2), np.float32)})
-    assert key != ref_cache.fingerprint([dict(rows[0], rejected=[5])], params)
-    assert key != ref_cache.fingerprint(rows, {"w": np.full((2, 2), 1.5, np.float32)})
-    assert key != ref_cache.fingerprint(rows, params, extra={"ld_alpha": 0.5})
-
-
-def test_exports_carry_the_hf_tokenizer(tmp_path):
-    src, out = tmp_path / "src", tmp_path / "out"
-    src.mkdir(), out.mkdir()
-    (src / "tokenizer.json").write_text("{}")
-    (src / "tokenizer_config.json").write_text("{}")
-    cfg = _cfg("sft", f"--config.model.tokenizer={src}")
-    loop.export_tokenizer(cfg, str(out))
-    assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer_config.json"]
-    loop.export_tokenizer(_cfg("sft"), str(tmp_path / "none"))  # byte tokenizer: nothing
-    assert not (tmp_path / "none").exists()
-
-
-def test_mean_eval_metrics_weights_per_objective_metrics():
-    # Batch 1 has no pair of objective "a" (its metrics read 0), batch 2 has two: the mean of
-    # a/loss must be batch 2's value, not half of it; other metrics stay plain means.
-    import ml_collections
-
-    from alignax import sharding as sh
-
-    mets = iter([{"a/loss": 0.0, "a/examples": 0.0, "b/loss": 0.2},
-                 {"a/loss": 0.6, "a/examples": 2.0, "b/loss": 0.4}])
-    cfg = ml_collections.ConfigDict({"train": {"batch_size": 2, "eval_batches": 2}})
-    res = loop.mean_eval_metrics(
-        cfg, lambda st, b: (1.0, next(mets)), None, [0, 1, 2, 3], lambda: iter([0, 1]),
-        mesh=sh.make_mesh({"data": -1}),
-        weight_of=lambda k: "a/examples" if k == "a/loss" else None)
-    assert res == pytest.approx({"a/loss": 0.6, "a/examples": 1.0, "b/loss": 0.3, "loss": 1.0})
+    with pytest.raises(config.ConfigError, match="KTO keeps its reference in the train state"):
+        train(_cfg("kto", *base, *pre), str(tmp_path / "kto"))

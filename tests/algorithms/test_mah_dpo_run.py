@@ -1,4 +1,4 @@
-"""MAH-DPO trainer end to end: the smoke config through `loop.run`, per-objective metrics,
+"""MAH-DPO trainer end to end: the smoke config through the engine, per-objective metrics,
 export + reload for sampling, resume equality, data errors."""
 
 import json
@@ -9,31 +9,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignax import config as C
-from alignax import data as D
-from alignax import metrics
-from alignax.models import ByteTokenizer, from_hf
-from alignax.sampling import heads as SH
-from alignax.sampling.sampler import left_pad, sample_tokens
-from alignax.train import loop
-from alignax.train.multihead import load_multihead
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(ROOT, "experiments", "configs", "mah_dpo.py")
-QUIET = dict(log=lambda *_: None)
+from alignax import algorithms, config, data, metrics
+from alignax.models import ByteTokenizer, from_hf, load_multihead
+from alignax.sampling import left_pad, sample_tokens
+from tests.runs import load, train
 
 
 def _cfg(*overrides, variant="smoke"):
-    cfg = C.load_config(f"{CONFIG}:{variant}")
-    C.apply_overrides(cfg, list(overrides))
-    C.validate(cfg)
-    return cfg
+    return load("mah_dpo", *overrides, variant=variant)
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("mah"))
-    return workdir, loop.run(_cfg(), workdir, **QUIET)
+    return workdir, train(_cfg(), workdir)
 
 
 def test_default_and_single_configs_load():
@@ -81,8 +70,8 @@ def test_export_reloads_for_sampling(smoke):
     kw = dict(num_samples=2, max_new_tokens=4, temperature=1.0, stop_ids=(tok.eos_id,),
               pad_id=tok.pad_id)
     key = jax.random.key(0)
-    got = SH.sample_mixed(*nnx.split(model), ids, mask, key, np.array([0.5, 0.5], np.float32),
-                          **kw)
+    got = sample_tokens(*nnx.split(model), ids, mask, key, np.array([0.5, 0.5], np.float32),
+                        **kw)
     want = sample_tokens(*nnx.split(plain), ids, mask, key, **kw)
     np.testing.assert_array_equal(got.tokens, want.tokens)
 
@@ -93,8 +82,8 @@ def test_resume_is_identical(smoke, tmp_path):
     quick = ("--config.train.eval_every=0", "--config.train.sweep_points=0",
              "--config.train.export_hf=False")
     resumed = str(tmp_path / "b")
-    loop.run(_cfg(*quick, "--config.train.steps=2"), resumed, **QUIET)
-    loop.run(_cfg(*quick), resumed, **QUIET)
+    train(_cfg(*quick, "--config.train.steps=2"), resumed)
+    train(_cfg(*quick), resumed)
     a, b = metrics.read_metrics(smoke[0]), metrics.read_metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for key in ("loss", "grad_norm", "correct/loss", "round/loss", "round/examples_seen"):
@@ -107,31 +96,37 @@ def test_data_path_errors_name_file_line_field(tmp_path):
     path.write_text(json.dumps(dict(good, objective="correct")) + "\n"
                     + json.dumps(dict(good, objective="brevity")) + "\n")
     cfg = _cfg(f"--config.data.path={path}")
-    with pytest.raises(D.DataError, match=rf"{path}:2: field 'objective': unknown objective "
+    with pytest.raises(data.DataError, match=rf"{path}:2: field 'objective': unknown objective "
                                           r"'brevity'"):
-        loop.run(cfg, str(tmp_path / "w"), **QUIET)
+        train(cfg, str(tmp_path / "w"))
     path.write_text(json.dumps(dict(good, objective=0)) + "\n" + json.dumps(good) + "\n")
-    with pytest.raises(D.DataError, match=rf"{path}:2: field 'objective': every MAH-DPO pair"):
-        loop.run(cfg, str(tmp_path / "w"), **QUIET)
-    with pytest.raises(ValueError, match="config field 'heads.num_heads'"):
-        loop.run(_cfg("--config.heads.num_heads=3"), str(tmp_path / "w"), **QUIET)
-    with pytest.raises(ValueError, match="config field 'data.objectives'"):
-        loop.run(_cfg(f"--config.data.path={path}", "--config.data.objectives=()"),
-                 str(tmp_path / "w"), **QUIET)
+    with pytest.raises(data.DataError, match=rf"{path}:2: field 'objective': every MAH-DPO pair"):
+        train(cfg, str(tmp_path / "w"))
+    with pytest.raises(config.ConfigError, match="config field 'heads.num_heads'"):
+        train(_cfg("--config.heads.num_heads=3"), str(tmp_path / "w"))
+    with pytest.raises(config.ConfigError, match="config field 'data.objectives'"):
+        train(_cfg(f"--config.data.path={path}", "--config.data.objectives=()"),
+                 str(tmp_path / "w"))
 
 
-
-def test_build_pairs_from_a_file_with_vector_preferences(tmp_path):
-    from alignax.train import multihead_run as MR
+def test_pairs_from_a_file_with_vector_preferences(tmp_path):
+    from alignax.algorithms.mah_dpo import _pairs
+    from alignax.train.context import Context
 
     path = tmp_path / "pairs.jsonl"
     recs = [{"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": "10", "preferences": [1, -1]}
             for i in range(20)]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     cfg = _cfg(f"--config.data.path={path}", "--config.data.eval_fraction=0.1")
-    train, evals = MR.build_pairs(cfg, ["correct", "round"], D.ErrorPolicy())
-    assert len(train) + len(evals) == 40 and len(evals) == 4  # 2 routed pairs per record
-    assert [(p.chosen, p.rejected, p.objective) for p in train[:2]] == [("1", "10", 0),
+    ctx = Context(algorithms.resolve_config(cfg), str(tmp_path), log=lambda *_: None)
+    pairs, evals = _pairs(ctx, ["correct", "round"], data.ErrorPolicy())
+    assert len(pairs) + len(evals) == 40 and len(evals) == 4  # 2 routed pairs per record
+    assert [(p.chosen, p.rejected, p.objective) for p in pairs[:2]] == [("1", "10", 0),
                                                                         ("10", "1", 1)]
-    with pytest.raises(ValueError, match=r"section 'heads': unknown keys \['bogus'\]"):
-        MR.heads_config({"heads": {"bogus": 1}})
+    bad = _cfg()
+    bad.heads.bogus = 1
+    with pytest.raises(config.ConfigError, match=r"unknown config field 'heads.bogus'"):
+        algorithms.resolve_config(bad)
+    with pytest.raises(config.ConfigError, match="'train.sweep_points' is not used by "
+                                                 "algorithm 'dpo'"):
+        algorithms.resolve_config(load("dpo", "--config.train.sweep_points=3"))

@@ -10,8 +10,9 @@ A rollout is a dict of numpy arrays with a leading prompt axis B; samples add a 
   `answer_reward` `[B]`.
 
 The training rows are `[pad.. prompt | completion ..pad]`, `S = P + N`: the exact slots the
-sampler used, so the training forward reproduces the sampler's log-probs (checked every step as
-`sampler/logp_gap`). Hidden state `P - 1 + t` predicts completion token `t`.
+sampler used (`sampling.sequences`), so the training forward reproduces the sampler's log-probs
+(checked every step as `sampler/logp_gap`). Hidden state `P - 1 + t` predicts completion token
+`t`. Rewards: `rewards.RewardScorer`.
 
 Shapes: B prompts, G samples per prompt, P prompt width, N new tokens, S = P + N, K objectives.
 """
@@ -27,13 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignax import data as D
-from alignax import losses
-from alignax import rewards as R
-from alignax import sharding as sh
-from alignax.models import Transformer, ValueHead, logprobs
-from alignax.sampling import completions_text, left_pad, sample_tokens
-from alignax.sampling.sampler import cast_params
+from alignax import data, losses, sharding
+from alignax.models import Transformer, logprobs
+from alignax.sampling import cast_params, decode_completions, left_pad, sample_tokens
 
 # ------------------------------------------------------------------------------- prompts
 
@@ -49,52 +46,26 @@ class PromptExample:
 
 
 def _answer_of(ex) -> Any:
-    if isinstance(ex, D.Pair):
+    if isinstance(ex, data.Pair):
         return ex.chosen
-    if isinstance(ex, D.Unpaired):
+    if isinstance(ex, data.Unpaired):
         return ex.completion if ex.label else None
     return ex.completion
 
 
-def prompt_examples(examples: Sequence, tokenizer, limits: D.Limits) -> list[PromptExample]:
+def prompt_examples(examples: Sequence, tokenizer, limits: data.Limits) -> list[PromptExample]:
     """`PromptExample`s from parsed examples (`Pair` -> chosen, `SFT` -> completion as the
     answer; an undesirable `Unpaired` row has none). Chat prompts are rendered by the
     tokenizer's chat template; truncation follows `limits`."""
     out = []
     for ex in examples:
         answer = _answer_of(ex)
-        row = D.tokenize_examples([D.SFT(ex.prompt, answer if answer is not None else " ")],
+        row = data.tokenize_examples([data.SFT(ex.prompt, answer if answer is not None else " ")],
                                   tokenizer, limits)[0]
         out.append(PromptExample(ex.prompt, tuple(row["prompt"]),
                                  answer if isinstance(answer, str) else None,
                                  tuple(row["completion"]) if answer is not None else ()))
     return out
-
-
-class PromptIterator:
-    """Shuffled epochs over prompts, `batch_size` per call; resumable (`state_dict`)."""
-
-    def __init__(self, examples: Sequence[PromptExample], *, batch_size: int, seed: int):
-        if len(examples) < batch_size:
-            raise ValueError(f"{len(examples)} prompts, fewer than one batch of {batch_size}")
-        self.examples, self.batch_size, self.seed = list(examples), batch_size, seed
-        self.epoch, self.index = 0, 0
-
-    def next_batch(self) -> list[PromptExample]:
-        if (self.index + 1) * self.batch_size > len(self.examples):
-            self.epoch, self.index = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.examples))
-        ids = order[self.index * self.batch_size:(self.index + 1) * self.batch_size]
-        self.index += 1
-        return [self.examples[i] for i in ids]
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if int(state["seed"]) != self.seed:
-            raise ValueError(f"checkpointed prompt seed {state['seed']} differs from {self.seed}")
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
 # ------------------------------------------------------------------------------- sampling
@@ -119,30 +90,29 @@ def sampler_params_fn(params_like, *, mesh, dtype):
     the decode loop neither re-casts float32 master weights nor all-gathers FSDP shards at
     every token. `params_like`: the policy's parameters (arrays or abstract, with NNX
     logical-axis metadata)."""
-    shardings = sh.tree_shardings(params_like, mesh=mesh, rules=sh.decode_rules())
+    shardings = sharding.tree_shardings(params_like, mesh=mesh, rules=sharding.decode_rules())
     return jax.jit(lambda p: cast_params(p, dtype), out_shardings=shardings)
 
 
 def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: SamplingOptions, *,
-           tokenizer, sharding=None) -> dict[str, np.ndarray]:
+           tokenizer, shard=None) -> dict[str, np.ndarray]:
     """Samples G completions per prompt with the policy's parameters and decodes them.
 
     Args:
       graphdef, params: the policy (`params` used in place).
       examples: B prompts. key: the sampling key. opts: `SamplingOptions`.
-      tokenizer: decodes completions. sharding: optional sharding for the `[B, P]` prompts.
+      tokenizer: decodes completions. shard: optional sharding for the `[B, P]` prompts.
     Returns:
       the sampling part of a rollout (see the module docstring).
     """
     b, g, n = len(examples), opts.num_samples, opts.max_new_tokens
     ids, pmask = left_pad([list(e.prompt_ids) for e in examples], opts.pad_id, opts.prompt_width)
-    dev_ids, dev_mask = (ids, pmask) if sharding is None else jax.device_put((ids, pmask),
-                                                                               sharding)
+    dev_ids, dev_mask = (ids, pmask) if shard is None else jax.device_put((ids, pmask), shard)
     out = sample_tokens(graphdef, params, dev_ids, dev_mask, key, num_samples=g,
                         max_new_tokens=n, temperature=opts.temperature, top_k=opts.top_k,
                         top_p=opts.top_p, stop_ids=opts.stop_ids, pad_id=opts.pad_id)
     tokens, logps, mask = (np.asarray(x) for x in out)
-    texts = completions_text(tokenizer, tokens, mask, stop_ids=opts.stop_ids)
+    texts = decode_completions(tokenizer, tokens, mask, stop_ids=opts.stop_ids)
     lengths = mask.sum(-1)
     last = np.take_along_axis(tokens, np.maximum(lengths - 1, 0)[:, None], -1)[:, 0]
     terminated = (lengths > 0) & np.isin(last, opts.stop_ids)
@@ -201,107 +171,23 @@ def dynamic_sampling_index(rewards: Sequence[np.ndarray], batch_size: int
 def select_groups(rollouts: Sequence[dict], index: Sequence[tuple[int, int]]) -> dict:
     """Concatenates groups `(rollout i, prompt b)` of several rollouts into one rollout.
 
-    Object arrays (prompts: text or chat message lists; answers) stay 1-D `[B]` of objects;
-    `np.stack` would turn equal-length message lists into a 2-D array, or fail on unequal ones.
+    Object arrays keep their shape: prompts (text or chat message lists) and answers stay 1-D
+    `[B]` of objects (`np.stack` would turn equal-length message lists into a 2-D array, or
+    fail on unequal ones), decoded texts stay `[B, G]` strings.
     """
     out = {}
-    for k in rollouts[0]:
+    for k, first in rollouts[0].items():
         items = [rollouts[i][k][b] for i, b in index]
-        if rollouts[0][k].dtype == object:
-            out[k] = np.empty(len(items), object)
-            out[k][:] = items
+        if first.dtype == object:
+            out[k] = np.empty((len(items),) + first.shape[1:], object)
+            for j, item in enumerate(items):
+                out[k][j] = item
         else:
             out[k] = np.stack(items)
     return out
 
 
-# ------------------------------------------------------------------------------- rewards
-
-class RewardScorer:
-    """Rewards of a rollout: reward functions and/or a reward model, weighted, plus shaping.
-
-    Args:
-      functions: `(name, fn)` verifiable reward functions (see `rewards.functions`).
-      weights: one weight per objective: the functions, then the reward model if any.
-      reward_model: `(graphdef, params)` of a `rewards.RewardModel`, or None.
-      length_penalty, missing_eos_penalty: shaping coefficients (0 = off).
-      overlong_buffer: DAPO soft over-long buffer in tokens (0 = off), against N.
-    """
-
-    def __init__(self, functions: Sequence[tuple[str, R.RewardFn]], weights: Sequence[float],
-                 *, reward_model=None, length_penalty: float = 0.0,
-                 missing_eos_penalty: float = 0.0, overlong_buffer: int = 0):
-        self.functions = list(functions)
-        self.names = [n for n, _ in self.functions] + (["reward_model"] if reward_model else [])
-        if not self.names:
-            raise ValueError("no rewards: set reward.functions and/or reward.model_path")
-        if len(weights) != len(self.names):
-            raise ValueError(f"reward.weights has {len(weights)} entries for the objectives "
-                             f"{self.names}")
-        self.weights = np.asarray(weights, np.float32)
-        self.reward_model = reward_model
-        self.length_penalty, self.missing_eos = length_penalty, missing_eos_penalty
-        self.overlong_buffer = overlong_buffer
-
-    def vector(self, prompts, texts, **kwargs) -> np.ndarray:
-        """`[N, K]` per-objective rewards of N completions; kwargs as `rewards.reward_vector`
-        plus `input_ids`, `attention_mask` `[N, S]` for the reward model."""
-        ids, attn = kwargs.pop("input_ids", None), kwargs.pop("attention_mask", None)
-        vec = R.reward_vector(self.functions, prompts, texts, **kwargs)
-        if self.reward_model is not None:
-            scores = np.asarray(R.score_sequences(*self.reward_model, ids, attn), np.float32)
-            vec = np.concatenate([vec, scores[:, None]], axis=1)
-        return vec
-
-    def __call__(self, rollout: dict) -> dict:
-        """Adds `reward_vector` `[B, G, K]` and `rewards` `[B, G]` (weighted + shaping)."""
-        b, g, n = rollout["tokens"].shape
-        ids, attn = sequences(rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"],
-                              rollout["mask"])
-        lengths, terminated = rollout["lengths"].reshape(-1), rollout["terminated"].reshape(-1)
-        vec = self.vector(np.repeat(rollout["prompts"], g), list(rollout["texts"].reshape(-1)),
-                          answers=list(np.repeat(rollout["answers"], g)),
-                          terminated=list(terminated), lengths=list(lengths),
-                          input_ids=ids.reshape(b * g, -1), attention_mask=attn.reshape(b * g, -1))
-        total = np.asarray(R.combine_rewards(vec, self.weights))
-        if self.length_penalty:
-            total = total + np.asarray(R.length_penalty(lengths, coef=self.length_penalty))
-        if self.overlong_buffer:
-            total = total + np.asarray(R.overlong_penalty(lengths, max_length=n,
-                                                          buffer=self.overlong_buffer))
-        if self.missing_eos:
-            total = total + np.asarray(R.missing_eos_penalty(terminated,
-                                                             penalty=self.missing_eos))
-        return dict(rollout, reward_vector=vec.reshape(b, g, -1), rewards=total.reshape(b, g))
-
-    def answer_rewards(self, rollout: dict) -> dict:
-        """Adds `answer_reward` `[B]`: R(y, y), the reference answer scored like a sample."""
-        one = {k: rollout[k][:, None] for k in ("answer_tokens", "answer_mask")}
-        ans = np.array([a if a is not None else "" for a in rollout["answers"]], dtype=object)
-        sub = dict(rollout, tokens=one["answer_tokens"], mask=one["answer_mask"],
-                   texts=ans[:, None], lengths=one["answer_mask"].sum(-1),
-                   terminated=np.ones_like(one["answer_mask"][..., 0], bool))
-        return dict(rollout, answer_reward=self(sub)["rewards"][:, 0])
-
-
 # ------------------------------------------------------------------------------- forward
-
-def sequences(prompt_ids, prompt_mask, tokens, mask):
-    """Training rows `[..., P + N]`: the left-padded prompt then the right-padded completion.
-
-    Args: prompt_ids, prompt_mask `[B, P]`; tokens, mask `[B, G, N]` or `[B, N]`.
-    Returns: (input_ids, attention_mask) shaped like `tokens` with P + N columns.
-    """
-    xp = jnp if isinstance(tokens, jax.Array) else np
-    extra = tokens.ndim - prompt_ids.ndim
-    shape = tokens.shape[:-1] + prompt_ids.shape[-1:]
-    p_ids = xp.broadcast_to(prompt_ids.reshape(prompt_ids.shape[:1] + (1,) * extra
-                                               + prompt_ids.shape[1:]), shape)
-    p_mask = xp.broadcast_to(prompt_mask.reshape(p_ids.shape[:1] + (1,) * extra
-                                                 + prompt_mask.shape[1:]), shape)
-    return (xp.concatenate([p_ids, tokens], -1).astype(np.int32),
-            xp.concatenate([p_mask, mask], -1).astype(np.int32))
-
 
 def completion_stats(model: Transformer, input_ids, attention_mask, completion_mask, *,
                      temperature: float = 1.0, entropy: bool = False, chunk_size: int = 128):
@@ -323,20 +209,6 @@ def completion_stats(model: Transformer, input_ids, attention_mask, completion_m
                                 completion_mask.astype(jnp.float32), entropy=entropy,
                                 chunk_size=chunk_size,
                                 temperature=temperature if temperature > 0 else 1.0)
-
-
-class Critic(nnx.Module):
-    """PPO critic: a `Transformer` trunk + `ValueHead`; `critic(ids, mask, n)` -> `[R, N]`
-    values V(s_t) of the states that emit each of the last N tokens."""
-
-    def __init__(self, trunk: Transformer, *, rngs: nnx.Rngs):
-        self.trunk = trunk
-        self.head = ValueHead(trunk.config, rngs=rngs)
-
-    def __call__(self, input_ids, attention_mask, num_completion_tokens: int) -> jax.Array:
-        hidden, _ = self.trunk.hidden_states(input_ids, attention_mask)
-        p = input_ids.shape[-1] - num_completion_tokens
-        return self.head(hidden[:, p - 1:-1])
 
 
 def flat(x):
@@ -379,35 +251,7 @@ def rollout_forward(graphdefs: dict, params: dict, ref_params, batch: dict, *,
     return jax.tree.map(jax.lax.stop_gradient, out)
 
 
-# ------------------------------------------------------------------------------- advantages
-
-def group_advantages(rewards, *, estimator: str = "grpo", scale_rewards: str = "group"):
-    """Sequence advantages `[B, G]` from rewards `[B, G]`: GRPO (`losses.grpo_advantages`)
-    or RLOO (`losses.rloo_advantages`)."""
-    if estimator == "rloo":
-        return losses.rloo_advantages(rewards)
-    return losses.grpo_advantages(rewards, scale_rewards=scale_rewards)
-
-
 def sequence_kl(old_logps, ref_logps, mask, *, estimator: str = "k1"):
-    """Summed per-token KL estimate of each sequence `[...]` (RLOO's reward penalty)."""
+    """Summed per-token KL estimate of each sequence `[...]` (the `objective/kl` metric and
+    RLOO's reward penalty)."""
     return jnp.sum(losses.KL_ESTIMATORS[estimator](old_logps, ref_logps) * mask, axis=-1)
-
-
-def ppo_advantages(old_logps, ref_logps, values, scores, mask, *, kl_coef: float,
-                   kl_estimator: str = "k1", gamma: float = 1.0, lam: float = 0.95,
-                   whiten: bool = True):
-    """TRL PPO advantages: KL-penalised per-token rewards, GAE, whitening over the batch.
-
-    Args:
-      old_logps, ref_logps, values, mask: `[..., N]`. scores: `[...]` sequence scores.
-    Returns:
-      (advantages `[..., N]`, returns `[..., N]`, per-token rewards `[..., N]`).
-    """
-    mask = mask.astype(jnp.float32)
-    rewards = losses.kl_penalized_rewards(old_logps, ref_logps, scores, mask, kl_coef=kl_coef,
-                                          kl_estimator=kl_estimator)
-    adv, returns = losses.gae(rewards, values, mask, gamma=gamma, lam=lam)
-    if whiten:
-        adv = losses.masked_whiten(adv, mask)
-    return adv, returns, rewards

@@ -13,10 +13,9 @@ from flax import nnx
 from jax.test_util import check_grads
 from scipy.special import xlogy
 
+from alignax.algorithms.distill_loss import adpa_loss_fn, dckd_loss_fn, teacher_outputs_fn
 from alignax.data.tokenize import collate
 from alignax.models import init_model, tiny_config
-from alignax.train import distill_data as DD
-from alignax.train import distill_objectives as DO
 
 V, WIDTH = 320, 5
 CHUNK = 2  # smaller than WIDTH: the chunked scan (with its padding) is exercised
@@ -77,13 +76,14 @@ def _oracle_dckd(models, batch, *, k, w_sft, w_d, w_c, w_r, stabilize):
 
 def test_dckd_matches_numpy_oracle(models):
     # Loss = w_sft NLL(y_w) + w_d (w_c KL(y_w) + w_r KL(y_l)), every term a token mean, the KL
-    # between (k+1)-bin collapsed, clamped distributions (ALGORITHMS.md §3a): from numpy.
+    # between (k+1)-bin collapsed, clamped distributions (docs/algorithms.md, DCKD): from numpy.
     rows = _rows()
     batch = _batch(rows)
     w = dict(sft_weight=0.7, distill_weight=2.0, chosen_weight=0.3, rejected_weight=0.5)
     for k, stabilize in ((4, True), (V, False)):
-        obj = DO.dckd_objective(models["student"][0], models["dpo"][0], width=WIDTH, top_k=k,
-                                prob_stabilize=stabilize, chunk_size=CHUNK, **w)
+        obj = dckd_loss_fn(models["student"][0], models["dpo"][0], width=WIDTH,
+                           top_k=k, prob_stabilize=stabilize, chunk_size=CHUNK,
+                           **w)
         loss, mets = jax.jit(obj)(models["student"][1], batch, None,
                                   ref_params={"dpo": models["dpo"][1]})
         want = _oracle_dckd(models, batch, k=k, w_sft=0.7, w_d=2.0, w_c=0.3, w_r=0.5,
@@ -101,9 +101,9 @@ def test_adpa_matches_numpy_oracle(models, clamp):
     # clamped: both (k+1)-bin vectors clipped to [1e-8, 1 - 1e-8], the rest bucket's target 0.
     batch = _batch(_rows(seed=1))
     k = 6
-    obj = DO.adpa_objective(models["student"][0], {n: models[n][0] for n in ("dpo", "ref")},
-                            width=WIDTH, top_k=k, sft_weight=0.6, adpa_weight=1.6,
-                            clamp_advantage=clamp, chunk_size=CHUNK)
+    obj = adpa_loss_fn(models["student"][0], {n: models[n][0] for n in ("dpo", "ref")},
+                       width=WIDTH, top_k=k, sft_weight=0.6, adpa_weight=1.6,
+                       clamp_advantage=clamp, chunk_size=CHUNK)
     loss, mets = jax.jit(obj)(models["student"][1], batch, None,
                               ref_params={n: models[n][1] for n in ("dpo", "ref")})
     s_lp, mask = _full_logps(models["student"], batch)
@@ -131,8 +131,8 @@ def _cached_batch(algorithm, models, batch, *, k, width=16):
     """The batch plus the arrays the teacher cache would store for it (computed in a batch
     of a different padded width, as the cache does)."""
     names = ("dpo",) if algorithm == "dckd" else ("dpo", "ref")
-    fn = jax.jit(DO.teacher_outputs_fn(algorithm, {n: models[n][0] for n in names},
-                                       width=WIDTH, top_k=k, chunk_size=CHUNK))
+    fn = jax.jit(teacher_outputs_fn(algorithm, {n: models[n][0] for n in names},
+                                    width=WIDTH, top_k=k, chunk_size=CHUNK))
     wide = {key: np.pad(v, [(0, 0), (0, 0), (0, width)], constant_values=0 if key != "input_ids"
                         else 256) for key, v in batch.items()}
     arrays = fn({n: models[n][1] for n in names}, wide)
@@ -148,12 +148,12 @@ def test_cached_teacher_equals_in_step(models, algorithm):
     refs = {n: models[n][1] for n in names}
     for k in (3, V):
         if algorithm == "dckd":
-            obj = DO.dckd_objective(models["student"][0], models["dpo"][0], width=WIDTH,
-                                    top_k=k, chunk_size=CHUNK)
+            obj = dckd_loss_fn(models["student"][0], models["dpo"][0], width=WIDTH,
+                               top_k=k, chunk_size=CHUNK)
         else:
-            obj = DO.adpa_objective(models["student"][0], {n: models[n][0] for n in names},
-                                    width=WIDTH, top_k=k, clamp_advantage=False,
-                                    chunk_size=CHUNK)
+            obj = adpa_loss_fn(models["student"][0], {n: models[n][0] for n in names},
+                               width=WIDTH, top_k=k, clamp_advantage=False,
+                               chunk_size=CHUNK)
         f = jax.jit(lambda p, b, r=None, obj=obj: obj(p, b, None, ref_params=r)[0])
         in_step = f(models["student"][1], batch, refs)
         cached = f(models["student"][1], _cached_batch(algorithm, models, batch, k=k))
@@ -172,9 +172,9 @@ def test_topk_kl_tends_to_full_kl(models):
     assert np.exp(s_lp[mask]).min() > 1e-6
     fkl = {}
     for k in (1, 4, 32, V, 0):
-        obj = DO.dckd_objective(student[0], models["dpo"][0], width=WIDTH, top_k=k,
-                                sft_weight=0.0, chosen_weight=1.0, rejected_weight=1.0,
-                                prob_stabilize=False, chunk_size=CHUNK)
+        obj = dckd_loss_fn(student[0], models["dpo"][0], width=WIDTH, top_k=k,
+                           sft_weight=0.0, chosen_weight=1.0, rejected_weight=1.0,
+                           prob_stabilize=False, chunk_size=CHUNK)
         loss, mets = jax.jit(obj)(student[1], batch, None, ref_params={"dpo": models["dpo"][1]})
         fkl[k] = (float(loss), float(mets["loss/chosen-fkl"]), float(mets["loss/rejected-fkl"]))
     for a, b in ((1, 4), (4, 32), (32, V)):
@@ -194,12 +194,12 @@ def test_gradients_match_finite_differences(x64, algorithm):
                                                       nnx.PathContains("norm")), ...)
     batch = _batch(_rows(n=2, seed=4), width=12)
     if algorithm == "dckd":
-        obj = DO.dckd_objective(student[0], dpo[0], width=WIDTH, top_k=5, chunk_size=CHUNK,
-                                chosen_weight=1.0, rejected_weight=1.0)
+        obj = dckd_loss_fn(student[0], dpo[0], width=WIDTH, top_k=5, chunk_size=CHUNK,
+                           chosen_weight=1.0, rejected_weight=1.0)
         refs = {"dpo": dpo[1]}
     else:
-        obj = DO.adpa_objective(student[0], {"dpo": dpo[0], "ref": ref[0]}, width=WIDTH,
-                                top_k=5, clamp_advantage=False, chunk_size=CHUNK)
+        obj = adpa_loss_fn(student[0], {"dpo": dpo[0], "ref": ref[0]}, width=WIDTH,
+                           top_k=5, clamp_advantage=False, chunk_size=CHUNK)
         refs = {"dpo": dpo[1], "ref": ref[1]}
     f = jax.jit(lambda h: obj(nnx.merge_state(h, trunk), batch, None, ref_params=refs)[0])
     check_grads(f, (head,), order=1, modes=("rev",), atol=1e-6, rtol=1e-6, eps=1e-5)
@@ -207,53 +207,10 @@ def test_gradients_match_finite_differences(x64, algorithm):
 
 def test_objective_errors(models):
     batch = _batch(_rows())
-    obj = DO.dckd_objective(models["student"][0], models["dpo"][0], width=WIDTH, top_k=4)
+    obj = dckd_loss_fn(models["student"][0], models["dpo"][0], width=WIDTH, top_k=4)
     with pytest.raises(ValueError, match="teacher parameters in the train state"):
         obj(models["student"][1], batch, None)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
-        DO.adpa_objective(models["student"][0], {}, width=WIDTH, top_k=0)
+        adpa_loss_fn(models["student"][0], {}, width=WIDTH, top_k=0)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
-        DO.teacher_outputs_fn("dckd", {}, width=WIDTH, top_k=0)
-
-
-def test_teacher_cache_fingerprint_and_reuse(tmp_path):
-    # Computed once, reused by an identical call; a new file when the teacher weights, the
-    # rows or k change.
-    rows = _rows(n=5)
-    calls = []
-
-    def fn(params, batch):
-        calls.append(1)
-        return {"x": batch["input_ids"][:, :, :2] * params["w"][0]}
-
-    params = {"w": np.ones(2, np.float32)}
-    kw = dict(cache_dir=str(tmp_path), pad_id=256, buckets=(16,), batch_size=2,
-              log=lambda *_: None)
-    a = DD.cached_teacher_arrays(fn, params, rows, extra={"top_k": 4}, **kw)
-    assert len(calls) == 3 and a["x"].shape == (5, 2, 2)  # 5 rows in batches of 2 (+1 pad)
-    np.testing.assert_array_equal(a["x"][:, 0], [r["prompt"][:2] for r in rows])
-    b = DD.cached_teacher_arrays(fn, params, rows, extra={"top_k": 4}, **kw)
-    assert len(calls) == 3 and np.array_equal(a["x"], b["x"])
-    DD.cached_teacher_arrays(fn, {"w": np.full(2, 2.0, np.float32)}, rows, extra={"top_k": 4},
-                             **kw)
-    DD.cached_teacher_arrays(fn, params, rows[:4] + [dict(rows[4], rejected=[7])],
-                             extra={"top_k": 4}, **kw)
-    DD.cached_teacher_arrays(fn, params, rows, extra={"top_k": 8}, **kw)
-    assert len(calls) == 3 + 3 * 3
-    assert len(list(tmp_path.iterdir())) == 4
-
-
-def test_teacher_batches_align_arrays_with_rows():
-    # Each batch's cached arrays belong to the rows collated into it, across epochs and after
-    # a resume from a state dict; rows carry their own index in the prompt.
-    rows = [{"prompt": [i], "chosen": [1], "rejected": [2], "objective": 0} for i in range(10)]
-    arrays = {"teacher_rest": np.arange(10, dtype=np.float32)}
-    kw = dict(global_batch_size=4, pad_id=256, max_length=4, seed=3)
-    it = DD.TeacherBatches(rows, arrays=arrays, **kw)
-    for step in range(6):
-        if step == 3:
-            state = it.state_dict()
-            it = DD.TeacherBatches(rows, arrays=arrays, **kw)
-            it.load_state_dict(state)
-        b = next(it)
-        np.testing.assert_array_equal(b["teacher_rest"], b["input_ids"][:, 0, 0])
+        teacher_outputs_fn("dckd", {}, width=WIDTH, top_k=0)

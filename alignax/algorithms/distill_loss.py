@@ -1,16 +1,16 @@
-"""DCKD and ADPA objectives: where the student, the teacher(s) and `losses.distill` meet.
+"""DCKD and ADPA loss functions: where the student, the teacher(s) and `losses.distill` meet.
 
 Every distillation term lives on completion tokens only, so each sequence is first cut to its
 **completion frame**: the `T` positions (T = the data's `max_completion_length`) whose hidden
 states predict the completion tokens, gathered from the `[N, S]` forward. The teacher's top-k
 distribution is computed (or was cached) in the same frame, so a cache entry does not depend on
 the padded width of the batch it was made in. Logits are built chunk by chunk over `T`
-(`_scan_chunks`, checkpointed like `models.logprobs`): the float32 `[N, T, V]` tensor never
-exists, in the forward or the backward pass.
+(`models.scan_chunks`, the log-probs' chunked-logits engine): the float32 `[N, T, V]`
+tensor never exists, in the forward or the backward pass.
 
 Teacher outputs come from `ref_params` (teacher parameters held in the train state: `{"dpo":
 ...}` for DCKD, `{"dpo": ..., "ref": ...}` for ADPA) or from the batch (precomputed once and
-cached on disk, `train/distill_data.py`):
+cached on disk once, `algorithms/distill.py`):
 
 * DCKD: `teacher_topk_ids` int32 `[B, 2, T, K]`, `teacher_topk_probs` `[B, 2, T, K]`,
   `teacher_rest` `[B, 2, T]` (index 1 of axis 1: chosen, rejected).
@@ -22,7 +22,6 @@ References: arXiv 2502.17927 (DCKD §3.1, ADPA §3.2); official code `gaoshiping
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -30,42 +29,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignax import losses
-from alignax.losses import distill as L
+from alignax.losses import distill as dist
 from alignax.losses import reduce
+from alignax.models import scan_chunks
 
 sg = jax.lax.stop_gradient
 ADV_FLOOR = math.log(1e-7)  # `get_margin_logp_token` floors both teachers' probs at 1e-7
-
-
-def _scan_chunks(fn, arrays, chunk_size: int) -> dict[str, jax.Array]:
-    """Applies `fn` to chunks of `chunk_size` positions along axis 1; outputs re-joined.
-
-    Args:
-      fn: `(*chunk_arrays) -> {name: [N, C, ...]}` for `[N, C, ...]` slices of `arrays`.
-      arrays: `[N, T, ...]` arrays (None entries are passed through as None).
-      chunk_size: C. The body is checkpointed: the backward pass rebuilds one chunk's logits.
-    Returns:
-      `{name: [N, T, ...]}`.
-    """
-    ref = next(a for a in arrays if a is not None)
-    n, t = ref.shape[:2]
-    c = max(1, min(chunk_size, t))
-    k = -(-t // c)
-    pad = k * c - t
-
-    def split(a):
-        if a is None:
-            return None
-        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)) if pad else a
-        return a.reshape(n, k, c, *a.shape[2:]).swapaxes(0, 1)
-
-    @functools.partial(jax.checkpoint, prevent_cse=False)
-    def body(carry, xs):
-        return carry, fn(*xs)
-
-    _, out = jax.lax.scan(body, None, tuple(split(a) for a in arrays))
-    return {name: v.swapaxes(0, 1).reshape(n, k * c, *v.shape[3:])[:, :t]
-            for name, v in out.items()}
 
 
 def _logits(h, w):
@@ -117,7 +86,7 @@ def student_stats(hidden, lm_head_weight, targets, ids=None, *, chunk_size: int 
             out["topk_logps"] = jnp.take_along_axis(logits, i, axis=-1) - lse[..., None]
         return out
 
-    return _scan_chunks(fn, (hidden, targets, ids), chunk_size)
+    return scan_chunks(fn, (hidden, targets, ids), chunk_size)
 
 
 def teacher_topk(hidden, lm_head_weight, *, top_k: int, chunk_size: int = 128):
@@ -137,7 +106,7 @@ def teacher_topk(hidden, lm_head_weight, *, top_k: int, chunk_size: int = 128):
         return {"ids": ids.astype(jnp.int32), "probs": probs,
                 "rest": jnp.maximum(1.0 - jnp.sum(probs, axis=-1), 0.0)}
 
-    return jax.tree.map(sg, _scan_chunks(fn, (hidden,), chunk_size))
+    return jax.tree.map(sg, scan_chunks(fn, (hidden,), chunk_size))
 
 
 def teacher_advantage(dpo_hidden, dpo_head, ref_hidden, ref_head, *, top_k: int,
@@ -160,11 +129,11 @@ def teacher_advantage(dpo_hidden, dpo_head, ref_hidden, ref_head, *, top_k: int,
         lp_ref = jax.nn.log_softmax(_logits(hr, ref_head), axis=-1)
         vals, ids = jax.lax.top_k(lp_dpo, top_k)
         ref_at = jnp.take_along_axis(lp_ref, ids, axis=-1)
-        adv = L.adpa_advantage(jnp.maximum(vals, ADV_FLOOR), jnp.maximum(ref_at, ADV_FLOOR),
+        adv = dist.adpa_advantage(jnp.maximum(vals, ADV_FLOOR), jnp.maximum(ref_at, ADV_FLOOR),
                                beta=beta)
         return {"ids": ids.astype(jnp.int32), "advantage": adv}
 
-    return jax.tree.map(sg, _scan_chunks(fn, (dpo_hidden, ref_hidden), chunk_size))
+    return jax.tree.map(sg, scan_chunks(fn, (dpo_hidden, ref_hidden), chunk_size))
 
 
 def full_kl_stats(hidden, lm_head_weight, targets, teacher_hidden, teacher_head, *,
@@ -180,9 +149,9 @@ def full_kl_stats(hidden, lm_head_weight, targets, teacher_hidden, teacher_head,
         lse = jax.nn.logsumexp(logits, axis=-1)
         return {"logps": jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0] - lse,
                 "mean_logit": sg(jnp.mean(logits, axis=-1)),
-                "kl": L.dckd_full_kl(logits, sg(_logits(ht, teacher_head)))}
+                "kl": dist.dckd_full_kl(logits, sg(_logits(ht, teacher_head)))}
 
-    return _scan_chunks(fn, (hidden, targets, teacher_hidden), chunk_size)
+    return scan_chunks(fn, (hidden, targets, teacher_hidden), chunk_size)
 
 
 def pair_frame(graphdef, params, batch, rows, width: int):
@@ -212,12 +181,12 @@ def _seq_metrics(stats, mask, b):
 
 def _need_teacher(ref_params, what):
     if ref_params is None:
-        raise ValueError(f"this objective needs {what}: teacher parameters in the train state "
+        raise ValueError(f"this loss needs {what}: teacher parameters in the train state "
                          "(ref_params) or precomputed teacher arrays in the batch")
     return sg(ref_params)
 
 
-def dckd_objective(graphdef, teacher_graphdef, *, width: int, top_k: int = 50,
+def dckd_loss_fn(graphdef, teacher_graphdef, *, width: int, top_k: int = 50,
                    sft_weight: float = 1.0, distill_weight: float = 1.0,
                    chosen_weight: float = 0.1, rejected_weight: float = 0.1,
                    prob_stabilize: bool = True, chunk_size: int = 128):
@@ -231,10 +200,10 @@ def dckd_objective(graphdef, teacher_graphdef, *, width: int, top_k: int = 50,
       sft_weight, distill_weight, chosen_weight, rejected_weight, prob_stabilize: see
         `losses.distill.dckd_loss` / `dckd_topk_kl`.
     Returns:
-      `objective(params, batch, rng, *, ref_params=None) -> (loss, metrics)`, batch `[B, 2, S]`.
+      `loss_fn(params, batch, rng, *, ref_params=None) -> (loss, metrics)`, batch `[B, 2, S]`.
     """
 
-    def objective(params, batch, rng, *, ref_params=None):
+    def loss_fn(params, batch, rng, *, ref_params=None):
         del rng
         b = batch["input_ids"].shape[0]
         h, y, mask, head = pair_frame(graphdef, params, batch, slice(None), width)
@@ -254,20 +223,20 @@ def dckd_objective(graphdef, teacher_graphdef, *, width: int, top_k: int = 50,
             else:
                 tk = teacher_topk(teacher[0], teacher[3], top_k=top_k, chunk_size=chunk_size)
             stats = student_stats(h, head, y, tk["ids"], chunk_size=chunk_size)
-            kl = L.dckd_topk_kl(stats["topk_logps"], tk["probs"], tk["rest"],
+            kl = dist.dckd_topk_kl(stats["topk_logps"], tk["probs"], tk["rest"],
                                 prob_stabilize=prob_stabilize)
         tok, kl, m = (x.reshape(b, 2, -1) for x in (stats["logps"], kl, mask))
-        loss, metrics = L.dckd_loss(tok[:, 0], m[:, 0], kl[:, 0], kl[:, 1], m[:, 1],
+        loss, metrics = dist.dckd_loss(tok[:, 0], m[:, 0], kl[:, 0], kl[:, 1], m[:, 1],
                                     sft_weight=sft_weight, distill_weight=distill_weight,
                                     chosen_weight=chosen_weight, rejected_weight=rejected_weight)
         metrics.update(_seq_metrics(stats, mask, b))
         metrics["num_tokens"] = jnp.sum(mask)
         return loss, metrics
 
-    return objective
+    return loss_fn
 
 
-def adpa_objective(graphdef, teacher_graphdefs, *, width: int, top_k: int = 50,
+def adpa_loss_fn(graphdef, teacher_graphdefs, *, width: int, top_k: int = 50,
                    sft_weight: float = 1.0, adpa_weight: float = 1.6,
                    clamp_advantage: bool = True, advantage_beta: float = 1.0,
                    importance_sampling: bool = False, kl_penalty_weight: float = 0.0,
@@ -287,13 +256,13 @@ def adpa_objective(graphdef, teacher_graphdefs, *, width: int, top_k: int = 50,
       advantage_beta: beta of `adpa_advantage` (official 1).
       dpo_weight, beta: adds `dpo_weight * dpo_loss(beta)` against the initial student.
     Returns:
-      `objective(params, batch, rng, *, ref_params=None) -> (loss, metrics)`, batch `[B, 2, S]`.
+      `loss_fn(params, batch, rng, *, ref_params=None) -> (loss, metrics)`, batch `[B, 2, S]`.
     """
     if top_k < 1:
         raise ValueError(f"ADPA scores the DPO teacher's top-k ids: top_k must be >= 1, got "
                          f"{top_k}")
 
-    def objective(params, batch, rng, *, ref_params=None):
+    def loss_fn(params, batch, rng, *, ref_params=None):
         del rng
         b = batch["input_ids"].shape[0]
         h, y, mask, head = pair_frame(graphdef, params, batch, slice(None), width)
@@ -306,14 +275,14 @@ def adpa_objective(graphdef, teacher_graphdefs, *, width: int, top_k: int = 50,
                              beta=advantage_beta, chunk_size=chunk_size)
         chosen = student_stats(h[:, 0], head, y[:, 0], chunk_size=chunk_size)
         rejected = student_stats(h[:, 1], head, y[:, 1], adv["ids"], chunk_size=chunk_size)
-        per_token = L.adpa_token_loss(rejected["topk_logps"], adv["advantage"],
+        per_token = dist.adpa_token_loss(rejected["topk_logps"], adv["advantage"],
                                       clamp_advantage=clamp_advantage)
         sums = reduce.masked_sum(jnp.stack([chosen["logps"], rejected["logps"]], 1), m2)
         ref = sg(batch["ref_logps"].astype(jnp.float32)) if "ref_logps" in batch else None
         if (importance_sampling or kl_penalty_weight or dpo_weight) and ref is None:
             raise ValueError("ADPA extras need batch['ref_logps'] (the initial student's "
                              "summed log-probs, precomputed)")
-        loss, metrics = L.adpa_loss(
+        loss, metrics = dist.adpa_loss(
             chosen["logps"], m2[:, 0], per_token, m2[:, 1], sft_weight=sft_weight,
             adpa_weight=adpa_weight, rejected_logps=sums[:, 1],
             ref_rejected_logps=None if ref is None else ref[:, 1],
@@ -329,7 +298,7 @@ def adpa_objective(graphdef, teacher_graphdefs, *, width: int, top_k: int = 50,
         metrics["num_tokens"] = jnp.sum(mask)
         return loss, metrics
 
-    return objective
+    return loss_fn
 
 
 def _advantage(graphdefs, teachers, batch, *, width, top_k, beta, chunk_size):
@@ -344,7 +313,7 @@ def teacher_outputs_fn(algorithm: str, teacher_graphdefs, *, width: int, top_k: 
                        advantage_beta: float = 1.0, chunk_size: int = 128):
     """`fn(teacher_params, batch) -> {name: array}`: what the cache stores, per batch row.
 
-    The arrays the objectives read from the batch (module docstring): for "dckd" the DPO
+    The arrays the loss functions read from the batch (module docstring): for "dckd" the DPO
     teacher's top-k on chosen and rejected, for "adpa" the advantage on the rejected response.
     Computed by the same functions as the in-step path, so the two agree to float rounding.
     """
@@ -368,5 +337,3 @@ def teacher_outputs_fn(algorithm: str, teacher_graphdefs, *, width: int, top_k: 
 
     return {"dckd": dckd, "adpa": adpa}[algorithm]
 
-
-OBJECTIVES = {"dckd": dckd_objective, "adpa": adpa_objective}

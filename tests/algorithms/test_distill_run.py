@@ -1,4 +1,4 @@
-"""DCKD / ADPA trainer end to end: the smoke configs through `loop.run` with a real (exported)
+"""DCKD / ADPA trainer end to end: the smoke configs through the engine with a real (exported)
 teacher bigger than the student, in-step vs cached teacher, ADPA+ stages, clear errors."""
 
 import os
@@ -6,21 +6,13 @@ import os
 import numpy as np
 import pytest
 
-from alignax import config as C
-from alignax import metrics
+from alignax import config, metrics
 from alignax.models import init_model, tiny_config, to_hf
-from alignax.train import loop
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(ROOT, "experiments", "configs")
-QUIET = dict(log=lambda *_: None)
+from tests.runs import load, train
 
 
 def _cfg(name, *overrides, variant="smoke"):
-    cfg = C.load_config(os.path.join(CONFIGS, f"{name}.py") + f":{variant}")
-    C.apply_overrides(cfg, list(overrides))
-    C.validate(cfg)
-    return cfg
+    return load(name, *overrides, variant=variant)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +40,7 @@ def test_dckd_smoke_in_step_and_cached(teachers, tmp_path):
     # The smoke config end to end with the teacher inside the step; then with its top-k cached
     # on disk: the same losses step by step (the cache only moves where the numbers come from).
     in_step = tmp_path / "in_step"
-    summary = loop.run(_cfg("dckd", *_teacher_args(teachers)), str(in_step), **QUIET)
+    summary = train(_cfg("dckd", *_teacher_args(teachers)), str(in_step))
     rows = metrics.read_metrics(str(in_step))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"loss/chosen-sft", "loss/chosen-fkl", "loss/rejected-fkl", "logps/chosen",
@@ -61,7 +53,7 @@ def test_dckd_smoke_in_step_and_cached(teachers, tmp_path):
     cached = ("--config.teacher.precompute=True", f"--config.teacher.cache_dir={cache}",
               "--config.train.eval_every=0", "--config.train.export_hf=False")
     logs = []
-    loop.run(_cfg("dckd", *_teacher_args(teachers), *cached), str(tmp_path / "c"),
+    train(_cfg("dckd", *_teacher_args(teachers), *cached), str(tmp_path / "c"),
              log=logs.append)
     assert sum("computed" in m for m in logs) == 2  # the train rows and the eval rows
     np.testing.assert_allclose([r["loss"] for r in metrics.read_metrics(str(tmp_path / "c"))],
@@ -74,7 +66,7 @@ def test_adpa_plus_smoke_cached(teachers, tmp_path):
     # advantages cached. A rerun finds both stages done and changes nothing.
     args = (*_teacher_args(teachers), "--config.teacher.precompute=True",
             "--config.train.eval_every=0")  # evaluation: covered by the DCKD smoke run
-    summary = loop.run(_cfg("adpa", *args, variant="smoke_plus"), str(tmp_path), **QUIET)
+    summary = train(_cfg("adpa", *args, variant="smoke_plus"), str(tmp_path))
     assert summary["algorithm"] == "adpa" and summary["dckd_stage"]["steps"] == 2
     stage = metrics.read_metrics(str(tmp_path / "dckd_stage"))
     assert [r["step"] for r in stage] == [1, 2] and "loss/chosen-fkl" in stage[-1]
@@ -86,7 +78,7 @@ def test_adpa_plus_smoke_cached(teachers, tmp_path):
     assert sum(f.startswith("samples-") for f in files) == 2
     assert sum(f.startswith("teacher_topk-") for f in files) == 2
     logs = []
-    loop.run(_cfg("adpa", *args, variant="smoke_plus"), str(tmp_path), log=logs.append)
+    train(_cfg("adpa", *args, variant="smoke_plus"), str(tmp_path), log=logs.append)
     assert any("DCKD stage already done" in m for m in logs)
     assert sum("reusing" in m for m in logs) == 4
     assert metrics.read_metrics(str(tmp_path)) == rows
@@ -97,14 +89,13 @@ def test_adpa_smoke_in_step_equals_cached(teachers, tmp_path):
     # Plain ADPA (both teachers inside the step) end to end, then with the advantages cached:
     # the same student samples (cached once per run dir, same seed) and the same losses.
     quick = ("--config.train.eval_every=0", "--config.train.export_hf=False")
-    loop.run(_cfg("adpa", *_teacher_args(teachers), *quick), str(tmp_path / "in_step"),
-             **QUIET)
+    train(_cfg("adpa", *_teacher_args(teachers), *quick), str(tmp_path / "in_step"))
     rows = metrics.read_metrics(str(tmp_path / "in_step"))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"loss/adpa", "loss/chosen-sft"} <= set(rows[-1])
     assert all(np.isfinite(r["loss"]) for r in rows) and rows[0]["loss/adpa"] != 0
-    loop.run(_cfg("adpa", *_teacher_args(teachers), *quick, "--config.teacher.precompute=True"),
-             str(tmp_path / "cached"), **QUIET)
+    train(_cfg("adpa", *_teacher_args(teachers), *quick, "--config.teacher.precompute=True"),
+             str(tmp_path / "cached"))
     np.testing.assert_allclose(
         [r["loss"] for r in metrics.read_metrics(str(tmp_path / "cached"))],
         [r["loss"] for r in rows], rtol=1e-5)
@@ -112,14 +103,14 @@ def test_adpa_smoke_in_step_equals_cached(teachers, tmp_path):
 
 def test_errors_name_the_config_field(teachers, tmp_path):
     with pytest.raises(ValueError, match=r"teacher.path has vocab_size 300, the student 320"):
-        loop.run(_cfg("dckd", f"--config.teacher.path={teachers['small_vocab']}"),
-                 str(tmp_path / "a"), **QUIET)
+        train(_cfg("dckd", f"--config.teacher.path={teachers['small_vocab']}"),
+                 str(tmp_path / "a"))
     with pytest.raises(ValueError, match=r"teacher.ref_path has vocab_size 300"):
-        loop.run(_cfg("adpa", f"--config.teacher.path={teachers['dpo']}",
+        train(_cfg("adpa", f"--config.teacher.path={teachers['dpo']}",
                       f"--config.teacher.ref_path={teachers['small_vocab']}"),
-                 str(tmp_path / "b"), **QUIET)
-    with pytest.raises(ValueError, match=r"'loss.name'.*needs loss.name='dckd'"):
-        loop.run(_cfg("dckd", "--config.loss.name='adpa'"), str(tmp_path / "c"), **QUIET)
-    with pytest.raises(ValueError, match=r"'dckd_stage.loss.name'"):
-        loop.run(_cfg("adpa", "--config.dckd_stage.loss.name='kl'", variant="smoke_plus"),
-                 str(tmp_path / "d"), **QUIET)
+                 str(tmp_path / "b"))
+    with pytest.raises(config.ConfigError, match=r"'loss.name'.*no variant 'adpa'"):
+        train(_cfg("dckd", "--config.loss.name='adpa'"), str(tmp_path / "c"))
+    with pytest.raises(config.ConfigError, match=r"'dckd_stage.loss.name'.*no variant 'kl'"):
+        train(_cfg("adpa", "--config.dckd_stage.loss.name='kl'", variant="smoke_plus"),
+                 str(tmp_path / "d"))

@@ -1,5 +1,5 @@
 """Rollout pieces of the online trainers against independent computations: row layout, the
-rollout forward vs per-sequence forwards, PPO advantages (ALGORITHMS.md §6 worked example),
+rollout forward vs per-sequence forwards, PPO advantages (the worked example of docs/algorithms.md),
 GRAO's single concatenated forward, dynamic sampling, rewards, the prompt iterator."""
 
 import jax
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignax import losses
-from alignax import rewards as R
+from alignax import config, data, losses, rewards
+from alignax.algorithms.online import rollout, trainer
+from alignax.algorithms.online.grao import grao_loss_fn
+from alignax.algorithms.online.ppo import PPO_LOSS, ppo_advantages
 from alignax.models import ByteTokenizer, forward, init_model, tiny_config
-from alignax.sampling import left_pad, sample_tokens
-from alignax.train import online
-from alignax.train import rollout as RO
+from alignax.sampling import left_pad, sample_tokens, sequences
 
 PAD, EOS = 256, 258
 
@@ -34,7 +34,7 @@ def _rollout(model, g=3, n=5, temperature=1.0):
 
 
 def test_sequences_layout():
-    ids, attn = RO.sequences(np.array([[0, 1, 2]]), np.array([[0, 1, 1]]),
+    ids, attn = sequences(np.array([[0, 1, 2]]), np.array([[0, 1, 1]]),
                              np.array([[[3, 4], [5, 0]]]), np.array([[[1, 1], [1, 0]]]))
     np.testing.assert_array_equal(ids, [[[0, 1, 2, 3, 4], [0, 1, 2, 5, 0]]])
     np.testing.assert_array_equal(attn, [[[0, 1, 1, 1, 1], [0, 1, 1, 1, 0]]])
@@ -42,11 +42,11 @@ def test_sequences_layout():
 
 def test_rollout_forward_matches_unpadded_forwards(model):
     prompts, ids, pmask, tokens, logps, mask = _rollout(model)
-    seq, attn = RO.sequences(ids, pmask, tokens, mask)
+    seq, attn = sequences(ids, pmask, tokens, mask)
     graphdef, params = nnx.split(model)
     batch = {"input_ids": seq, "attention_mask": attn, "completion_mask": mask,
              "sampler_logps": logps}
-    out = jax.jit(lambda p, b: RO.rollout_forward({"policy": graphdef}, {"policy": p}, p, b,
+    out = jax.jit(lambda p, b: rollout.rollout_forward({"policy": graphdef}, {"policy": p}, p, b,
                                                   temperature=1.0))(params, batch)
     assert float(out["sampler/logp_gap"]) < 1e-5
     np.testing.assert_allclose(out["ref_logps"], out["old_logps"], atol=1e-6)
@@ -73,28 +73,33 @@ def _right_padded_logps(model, rows):
 
 
 def test_ppo_advantages_worked_example():
-    # ALGORITHMS.md §6: k1, kl_coef 0.05, gamma 1, lam 0.95; TRL-whitened advantages.
-    adv, returns, rewards = RO.ppo_advantages(
-        jnp.array([[-1.0, -0.5, -0.2]]), jnp.array([[-1.2, -0.4, -0.2]]),
-        jnp.array([[0.5, 0.6, 0.7]]), jnp.array([1.0]), jnp.ones((1, 3)), kl_coef=0.05)
-    np.testing.assert_allclose(rewards, [[-0.01, 0.005, 1.0]], atol=1e-6)
-    np.testing.assert_allclose(returns, [[0.9605, 0.99, 1.0]], atol=1e-5)
-    np.testing.assert_allclose(adv, [[0.957149, 0.080798, -1.037947]], atol=1e-5)
+    # docs/algorithms.md (PPO): k1, kl_coef 0.05, gamma 1, lam 0.95; TRL-whitened advantages.
+    old, ref = jnp.array([[-1.0, -0.5, -0.2]]), jnp.array([[-1.2, -0.4, -0.2]])
+    values, scores, mask = jnp.array([[0.5, 0.6, 0.7]]), jnp.array([1.0]), jnp.ones((1, 3))
+    np.testing.assert_allclose(losses.kl_penalized_rewards(old, ref, scores, mask, kl_coef=0.05),
+                               [[-0.01, 0.005, 1.0]], atol=1e-6)
+    cfg = config.to_config({"loss": PPO_LOSS})
+    out, mets = ppo_advantages(cfg)({"rewards": scores},
+                                    {"old_logps": old, "ref_logps": ref, "values": values}, mask)
+    np.testing.assert_allclose(out["returns"], [[0.9605, 0.99, 1.0]], atol=1e-5)
+    np.testing.assert_allclose(out["advantages"], [[0.957149, 0.080798, -1.037947]], atol=1e-5)
+    # non-score reward = the summed KL penalty: -0.01 + 0.005 + 0 = -0.005.
+    np.testing.assert_allclose(mets["objective/non_score_reward"], -0.005, atol=1e-6)
 
 
 def test_grao_objective_equals_loss_on_separate_forwards(model):
     prompts, ids, pmask, tokens, _, mask = _rollout(model, g=3)
     answers = np.array([[40, 41, EOS, PAD, PAD], [42, EOS, PAD, PAD, PAD]], np.int32)
     amask = (np.arange(5) < np.array([[3], [2]])).astype(np.int32)
-    seq, attn = RO.sequences(ids, pmask, tokens, mask)
-    a_seq, a_attn = RO.sequences(ids, pmask, answers, amask)
+    seq, attn = sequences(ids, pmask, tokens, mask)
+    a_seq, a_attn = sequences(ids, pmask, answers, amask)
     rewards = np.array([[1.0, 0.0, 0.5], [0.0, 0.0, 1.0]], np.float32)
     answer_reward = np.array([1.0, 0.5], np.float32)
     batch = {"input_ids": seq, "attention_mask": attn, "completion_mask": mask,
              "rewards": rewards, "answer_ids": a_seq, "answer_attention": a_attn,
              "answer_mask": amask, "answer_reward": answer_reward}
     graphdef, params = nnx.split(model)
-    obj = online.grao_objective({"policy": graphdef}, beta=0.5, lam=0.6)
+    obj = grao_loss_fn({"policy": graphdef}, temperature=1.0, beta=0.5, lam=0.6, pooled=True)
     loss, mets = obj({"policy": params}, batch, None)
 
     rows = [(prompts[b], tokens[b, g], mask[b, g]) for b in range(2) for g in range(3)]
@@ -114,15 +119,15 @@ def test_grao_objective_equals_loss_on_separate_forwards(model):
 def test_dynamic_sampling_index():
     first = np.array([[1.0, 1.0], [0.0, 1.0], [np.nan, 2.0], [np.nan, np.nan]])
     second = np.array([[0.0, 0.5], [3.0, 3.0], [1.0, 2.0], [0.0, 0.0]])
-    index, informative = RO.dynamic_sampling_index([first], 4)
+    index, informative = rollout.dynamic_sampling_index([first], 4)
     assert informative == 1 and index == [(0, 1), (0, 0), (0, 2), (0, 3)]
-    index, informative = RO.dynamic_sampling_index([first, second], 3)
+    index, informative = rollout.dynamic_sampling_index([first, second], 3)
     assert informative == 3 and index == [(0, 1), (1, 0), (1, 2)]
-    picked = RO.select_groups([{"r": first}, {"r": second}], index)["r"]
+    picked = rollout.select_groups([{"r": first}, {"r": second}], index)["r"]
     np.testing.assert_array_equal(picked, [[0.0, 1.0], [0.0, 0.5], [1.0, 2.0]])
 
 
-def test_select_groups_keeps_chat_prompts_one_dimensional():
+def test_select_groups_keeps_object_shapes():
     # Chat prompts are lists of messages: np.stack would make them 2-D (or fail when the
     # groups' conversations differ in length).
     def chat(*turns):
@@ -130,29 +135,37 @@ def test_select_groups_keeps_chat_prompts_one_dimensional():
         out[:] = [[{"role": "user", "content": t}] * (i + 1) for i, t in enumerate(turns)]
         return out
 
-    a = {"prompts": chat("a", "b"), "r": np.array([[1.0, 2.0], [3.0, 4.0]])}
-    b = {"prompts": chat("c", "d"), "r": np.array([[5.0, 6.0], [7.0, 8.0]])}
-    out = RO.select_groups([a, b], [(0, 0), (1, 1)])
+    def texts(*rows):
+        out = np.empty((len(rows), 2), object)
+        out[:] = rows
+        return out
+
+    a = {"prompts": chat("a", "b"), "r": np.array([[1.0, 2.0], [3.0, 4.0]]),
+         "texts": texts(["1", "2"], ["3", "4"])}
+    b = {"prompts": chat("c", "d"), "r": np.array([[5.0, 6.0], [7.0, 8.0]]),
+         "texts": texts(["5", "6"], ["7", "8"])}
+    out = rollout.select_groups([a, b], [(0, 0), (1, 1)])
     assert out["prompts"].shape == (2,) and out["prompts"].dtype == object
     assert out["prompts"][0] == a["prompts"][0] and out["prompts"][1] == b["prompts"][1]
     np.testing.assert_array_equal(out["r"], [[1.0, 2.0], [7.0, 8.0]])
+    # The [B, G] texts stay [B, G] strings (the rollout metrics read them per sample).
+    assert out["texts"].shape == (2, 2) and out["texts"].reshape(-1).tolist() == [
+        "1", "2", "7", "8"]
 
 
 def test_stop_tokens_add_to_eos():
-    import ml_collections
-
     tok = ByteTokenizer()
-    ro = ml_collections.ConfigDict(dict(num_generations=2, max_new_tokens=4, temperature=1.0,
-                                        stop_tokens=(10,)))
-    assert online.sampling_options(ro, tok, prompt_width=8).stop_ids == (tok.eos_id, 10)
+    ro = config.defaults("rollout").rollout
+    ro.stop_tokens = (10,)
+    assert trainer.sampling_options(ro, tok, prompt_width=8).stop_ids == (tok.eos_id, 10)
     ro.stop_tokens = ()
-    assert online.sampling_options(ro, tok, prompt_width=8).stop_ids == (tok.eos_id,)
+    assert trainer.sampling_options(ro, tok, prompt_width=8).stop_ids == (tok.eos_id,)
 
 
 def test_reward_scorer_shaping_and_answers():
     tok = ByteTokenizer()
-    scorer = RO.RewardScorer([("correct", R.arithmetic_correct)], [2.0], length_penalty=0.1,
-                             missing_eos_penalty=1.0)
+    scorer = rewards.RewardScorer([("correct", rewards.arithmetic_correct)], [2.0],
+                                  length_penalty=0.1, missing_eos_penalty=1.0)
     texts = np.array([["5", "6"]], dtype=object)
     r = {"prompt_ids": np.zeros((1, 2), np.int32), "prompt_mask": np.ones((1, 2), np.int32),
          "tokens": np.zeros((1, 2, 3), np.int32), "mask": np.ones((1, 2, 3), np.int32),
@@ -162,24 +175,24 @@ def test_reward_scorer_shaping_and_answers():
     out = scorer(r)
     np.testing.assert_allclose(out["rewards"], [[2.0 - 0.2, 0.0 - 0.3 - 1.0]], atol=1e-6)
     np.testing.assert_allclose(out["reward_vector"][..., 0], [[1.0, 0.0]])
-    ex = [RO.PromptExample("2+3=", tuple(tok.encode("2+3=")), "5", (53, EOS))]
-    out = scorer.answer_rewards(RO.add_answers(out, ex, pad_id=PAD))
+    ex = [rollout.PromptExample("2+3=", tuple(tok.encode("2+3=")), "5", (53, EOS))]
+    out = scorer.answer_rewards(rollout.add_answers(out, ex, pad_id=PAD))
     np.testing.assert_array_equal(out["answer_tokens"], [[53, EOS, PAD]])
     np.testing.assert_allclose(out["answer_reward"], [2.0 - 0.2])  # R(y, y), 2 tokens
-    long = [RO.PromptExample("2+3=", (1,), "5555", (53, 53, 53, 53, EOS))]
+    long = [rollout.PromptExample("2+3=", (1,), "5555", (53, 53, 53, 53, EOS))]
     with pytest.raises(ValueError, match="5 tokens .* rollout.max_new_tokens=3"):
-        RO.add_answers(out, long, pad_id=PAD)
+        rollout.add_answers(out, long, pad_id=PAD)
     with pytest.raises(ValueError, match="reward.weights has 2 entries"):
-        RO.RewardScorer([("correct", R.arithmetic_correct)], [1.0, 2.0])
+        rewards.RewardScorer([("correct", rewards.arithmetic_correct)], [1.0, 2.0])
 
 
 def test_prompt_iterator_resumes():
-    ex = [RO.PromptExample(str(i), (i,)) for i in range(10)]
-    it = RO.PromptIterator(ex, batch_size=3, seed=1)
+    ex = [rollout.PromptExample(str(i), (i,)) for i in range(10)]
+    it = data.PromptIterator(ex, batch_size=3, seed=1)
     seen = [[e.prompt for e in it.next_batch()] for _ in range(2)]
     state = it.state_dict()
     rest = [[e.prompt for e in it.next_batch()] for _ in range(4)]
-    again = RO.PromptIterator(ex, batch_size=3, seed=1)
+    again = data.PromptIterator(ex, batch_size=3, seed=1)
     again.load_state_dict(state)
     assert [[e.prompt for e in again.next_batch()] for _ in range(4)] == rest
     # Within an epoch no prompt repeats; 3 batches of 3 per epoch of 10.
