@@ -1,10 +1,14 @@
 """Config loading, overrides and validation: every error names the file and the field."""
 
+import ast
+import glob
+import os
 import textwrap
 
 import pytest
 
-from alignax import config
+from alignax import algorithms, config
+from tests.runs import CONFIGS, load
 
 GOOD = """
 import ml_collections
@@ -72,3 +76,80 @@ def test_broken_config_file_names_line(tmp_path):
         config.load_config(str(path) + ":default")
     with pytest.raises(config.ConfigError, match="no such config file"):
         config.load_config(str(tmp_path / "missing.py"))
+
+
+# ---------------------------------------------------------------------------- resolution
+
+def _variants(path):
+    tree = ast.parse(open(path).read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "VARIANTS":
+            return ast.literal_eval(node.value)
+    return None
+
+
+CONFIG_FILES = sorted(f for f in glob.glob(os.path.join(CONFIGS, "*.py"))
+                      if not f.endswith("common.py"))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_every_config_variant_resolves(path):
+    # Every experiment config declares its variants, and each resolves against its
+    # algorithm: no unknown or ignored field anywhere; resolving twice changes nothing.
+    variants = _variants(path)
+    assert variants and "smoke" in variants, "declare VARIANTS (with a smoke variant)"
+    for variant in variants:
+        cfg = algorithms.resolve_config(config.load_config(f"{path}:{variant}"))
+        assert algorithms.resolve_config(cfg).to_dict() == cfg.to_dict()
+        assert cfg.train.logits_chunk == config.DEFAULTS["train"]["logits_chunk"]
+
+
+def test_unknown_variant_is_an_error():
+    with pytest.raises(config.ConfigError, match=r"dpo.py: unknown variant 'nosuchvariant'; "
+                                                 r"known: default, demo, smoke"):
+        config.load_config(os.path.join(CONFIGS, "dpo.py:nosuchvariant"))
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    # A typo in the loss section (TRL's beta) trains nothing.
+    ("dpo", ["--config.loss.bta=0.5"], r"'loss.bta' is not a keyword of dpo \(loss.name="
+                                       r"'sigmoid'\); its keywords: beta, discopop_tau"),
+    # loss.name names the variant within the algorithm: simpo cannot train orpo.
+    ("simpo", ["--config.loss.name=orpo"], r"'loss.name': algorithm 'simpo' has no variant "
+                                           r"'orpo'; known: simpo"),
+    ("dpo", ["--config.loss.name=nosuch"], r"'loss.name': algorithm 'dpo' has no variant "
+                                           r"'nosuch'"),
+    ("grpo", ["--config.loss.name=rloo"], r"no variant 'rloo'; known: bnpo, dapo, dr_grpo, grpo"),
+    ("rloo", ["--config.loss.loss_type=grpo"], r"'loss.loss_type' is not a keyword of rloo"),
+    ("reward_model", ["--config.loss.beta=0.1"], r"'loss.beta' is not a keyword of "
+                                                 r"reward_model"),
+    # A section or field the algorithm does not read is an error, not ignored.
+    ("sft", ["--config.reference.dtype=bfloat16"], r"section 'reference' is not used by "
+                                                    r"algorithm 'sft'"),
+    ("dpo", ["--config.rollout.top_k=5"], r"section 'rollout' is not used by algorithm 'dpo'"),
+    ("dpo", ["--config.data.objectives=('a', 'b')"], r"'data.objectives' is not used by "
+                                                     r"algorithm 'dpo'"),
+    ("dpo", ["--config.train.steps=2.5"], r"field 'train.steps'"),
+    ("dpo", ["--config.train.eval_every='often'"], r"field 'train.eval_every'"),
+    ("dpo", ["--config.algorithm=nosuch"], r"'algorithm': unknown 'nosuch'; known: adpa, cpo"),
+])
+def test_resolution_errors_name_the_field(name, overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        algorithms.resolve_config(load(name, *overrides))
+
+
+def test_resolution_checks_types_written_in_the_config():
+    cfg = load("dpo")
+    cfg.train = dict(cfg.train, eval_every="often")  # a new dict: no ConfigDict type check
+    with pytest.raises(config.ConfigError, match=r"'train.eval_every' must be an integer, got "
+                                                 r"'often'"):
+        algorithms.resolve_config(cfg)
+
+
+def test_resolution_fills_the_variant_defaults():
+    cfg = algorithms.resolve_config(load("simpo", "--config.algorithm=cpo",
+                                         "--config.loss={'name': 'hinge'}"))
+    assert dict(cfg.loss) == {"name": "hinge", "beta": 0.1, "alpha": 0.0, "nll_weight": 1.0}
+    cfg = algorithms.resolve_config(load("grpo"))
+    assert cfg.rollout.max_resample == 4 and cfg.reference.dtype == ""
+    assert "heads" not in cfg and "teacher" not in cfg

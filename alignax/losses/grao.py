@@ -11,7 +11,8 @@ clipping) and A the group-normalised rewards (Eq. 4, population std). The loss i
 
 References:
   GRAO (arXiv 2508.07750v1, "Optimization Objective of GRAO", Eq. 2-4, "Training Details").
-  No official code exists; ambiguities follow ALGORITHMS.md §1.
+  No official code exists; the readings chosen where the paper is ambiguous are in
+  docs/algorithms.md, GRAO.
 """
 
 from __future__ import annotations

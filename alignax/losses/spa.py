@@ -6,7 +6,8 @@ re-scores it. Prompts pass a consistency filter (the refined response strictly b
 sample on both axes) and an informativeness filter (0 < det Cov(s_a, s_b) <= tau over the
 samples); pairs are built lexicographically (G_a first, G_b breaks ties) with a minimum score gap
 delta. Training is SimPO with per-pair weights w_i = (Delta_i / mean Delta)^alpha, Delta_i the
-absolute difference of total scores. No code was released; ambiguities follow ALGORITHMS.md §8.
+absolute difference of total scores. No code was released; the readings chosen where the paper
+is ambiguous are in docs/algorithms.md, SPA.
 
 References:
   SPA (arXiv 2511.06222, §"SPA: Self-Priority Alignment", Eq. 1-3); SimPO (Meng et al. 2024,
@@ -79,7 +80,7 @@ def score_covariance_det(scores, *, ddof: int = 1) -> float:
 
 def spa_pairs(sample_scores, refined_score, *, delta: float = 1.0, tau: float = float("inf"),
               ddof: int = 1, drop_prompt_if_inconsistent: bool = True) -> SpaPairs:
-    """Consistency + informativeness filters, then lexicographic pairs (SPA §3, data prep).
+    """Consistency + informativeness filters, then lexicographic pairs (docs/algorithms.md, SPA).
 
     1. Consistency: keep the refined response y~ only if s_a(y~) > max s_a and
        s_b(y~) > max s_b over the samples (strict). If it fails the prompt gives no pairs

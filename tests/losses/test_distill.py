@@ -1,4 +1,5 @@
-"""DCKD and ADPA: §3 worked numbers, the TRL GKD golden (full vocabulary), invariants, grads."""
+"""DCKD and ADPA: worked numbers (docs/algorithms.md, DCKD and ADPA), the TRL GKD golden (full
+vocabulary), invariants, grads."""
 
 import json
 import pathlib
@@ -15,7 +16,7 @@ from alignax.losses import reduce
 GKD = json.loads((pathlib.Path(__file__).parent.parent / "testdata" /
                   "gkd_goldens.json").read_text())
 
-# ALGORITHMS.md §3 worked position: vocabulary 5, k = 2.
+# docs/algorithms.md, DCKD and ADPA: the worked position, vocabulary 5, k = 2.
 STUDENT = np.array([0.1, 0.5, 0.1, 0.2, 0.1])
 TEACHER = np.array([0.04, 0.6, 0.03, 0.3, 0.03])
 TOP_IDS = np.array([1, 3])

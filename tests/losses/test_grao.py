@@ -1,4 +1,4 @@
-"""GRAO: ALGORITHMS.md §1 worked numbers, the algebraic form, invariants and gradients."""
+"""GRAO: docs/algorithms.md (GRAO) worked numbers, the algebraic form, invariants, gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,9 @@ from jax.test_util import check_grads
 
 from alignax import losses
 
-# §1 worked example, G = 3: mean log-probs l(o) = [-0.8, -1.5, -1.0], l(y) = -1.2. Token rows
-# of different lengths with those means exercise the per-sequence length normalisation.
+# docs/algorithms.md, GRAO worked example, G = 3: mean log-probs l(o) = [-0.8, -1.5, -1.0],
+# l(y) = -1.2. Token rows of different lengths with those means exercise the per-sequence length
+# normalisation.
 SAMPLE_TOKENS = np.array([[-0.6, -1.0, 0.0], [-1.5, -1.5, -1.5], [-1.0, 0.0, 0.0]])
 SAMPLE_MASK = np.array([[1.0, 1, 0], [1, 1, 1], [1, 0, 0]])
 ANSWER_TOKENS = np.array([-1.0, -1.4, 9.0])  # the 9.0 is padding
@@ -27,7 +28,7 @@ def test_worked_pooled(x64):
     np.testing.assert_allclose(a_o, [1.414214, -1.414214, 0.0], atol=1e-6)
     np.testing.assert_allclose(a_y, 0.0, atol=1e-12)
     loss, metrics = _loss([1.0, -1.0, 0.0], 0.0)
-    np.testing.assert_allclose(loss, -0.527973, atol=1e-6)  # §1 pooled L
+    np.testing.assert_allclose(loss, -0.527973, atol=1e-6)  # GRAO pooled L
     # Components: exploration -1.414214 x 0.7 / 3; alignment 0.6 x the same; imitation 0 (A_y=0).
     np.testing.assert_allclose(metrics["loss/exploration"], -1.414214 * 0.7 / 3, atol=1e-6)
     np.testing.assert_allclose(metrics["loss/alignment"], -0.6 * 1.414214 * 0.7 / 3, atol=1e-6)
@@ -36,8 +37,8 @@ def test_worked_pooled(x64):
 
 
 def test_worked_gradient_wrt_mean_logps(x64):
-    # §1: dL/dl(o) = -(1 + lambda) A_o / G = [-0.754247, 0.754247, 0]; per token it is that
-    # divided by the sequence length (mean log-prob), 0 on padding.
+    # docs/algorithms.md, GRAO: dL/dl(o) = -(1 + lambda) A_o / G = [-0.754247, 0.754247, 0];
+    # per token it is that divided by the sequence length (mean log-prob), 0 on padding.
     grad = jax.grad(lambda t: _loss([1.0, -1.0, 0.0], 0.0, tokens=t)[0])(SAMPLE_TOKENS)
     per_seq = np.array([-0.754247, 0.754247, 0.0])
     np.testing.assert_allclose(grad, per_seq[:, None] * SAMPLE_MASK / SAMPLE_MASK.sum(1,
@@ -62,8 +63,8 @@ def test_worked_pointwise_rewards(x64):
 
 
 def test_algebraic_form(x64):
-    # §1: J = (1 + lam)/G sum A_o l(o) + beta A_y l(y) - lam l(y) mean(A_o); pooled:
-    # mean(A_o) = -A_y / G.
+    # docs/algorithms.md, GRAO: J = (1 + lam)/G sum A_o l(o) + beta A_y l(y) - lam l(y) mean(A_o);
+    # pooled: mean(A_o) = -A_y / G.
     l_o, l_y = np.array([-0.8, -1.5, -1.0]), -1.2
     a_o, a_y = losses.grao_advantages(np.array([0.2, 0.9, 0.5]), np.array(0.8))
     np.testing.assert_allclose(a_o.mean(), -a_y / 3, atol=1e-12)

@@ -7,7 +7,7 @@ from jax.test_util import check_grads
 
 from alignax import losses
 
-# ALGORITHMS.md §6 worked rollout: log pi_old and log pi_ref of three tokens.
+# docs/algorithms.md, PPO and GAE worked rollout: log pi_old and log pi_ref of three tokens.
 OLD = np.array([-1.0, -0.5, -0.2])
 REF = np.array([-1.2, -0.4, -0.2])
 
@@ -16,7 +16,7 @@ def test_k1_k2_k3_worked_values(x64):
     # log r = ref - old = [-0.2, 0.1, 0]: k1 = -log r, k2 = (log r)^2 / 2, k3 = e^u - 1 - u.
     np.testing.assert_allclose(jax.jit(losses.kl_k1)(OLD, REF), [0.2, -0.1, 0.0], atol=1e-12)
     np.testing.assert_allclose(jax.jit(losses.kl_k2)(OLD, REF), [0.02, 0.005, 0.0], atol=1e-12)
-    # §6: k3 = [0.018731, 0.005171, 0].
+    # docs/algorithms.md, KL estimators: k3 = [0.018731, 0.005171, 0].
     np.testing.assert_allclose(jax.jit(losses.kl_k3)(OLD, REF), [0.018731, 0.005171, 0.0],
                                atol=1e-6)
 

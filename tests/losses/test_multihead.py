@@ -15,7 +15,8 @@ PER_PAIR = [0.620957, 0.663597, 0.693147, 0.649159]  # per-example DPO losses
 
 
 def _two_heads(noise=0.0):
-    """Policy log-probs `[B, 2]`: the §2 values on every head (+ noise on the unused head)."""
+    """Policy log-probs `[B, 2]`: the worked values on every head (+ noise on the unused
+    head)."""
     w = np.stack([PAIRS[:, 0], PAIRS[:, 0] + noise], -1)
     l_ = np.stack([PAIRS[:, 1], PAIRS[:, 1] - noise], -1)
     return w, l_, PAIRS[:, 2], PAIRS[:, 3]

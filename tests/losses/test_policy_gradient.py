@@ -17,7 +17,7 @@ from alignax.losses import reduce
 GOLDENS = json.loads((pathlib.Path(__file__).parent.parent / "testdata" /
                       "trl_grpo_goldens.json").read_text())
 
-# ALGORITHMS.md §6 worked rollout: one sequence of three tokens, no padding.
+# docs/algorithms.md, PPO and GAE worked rollout: one sequence of three tokens, no padding.
 OLD = np.array([[-1.0, -0.5, -0.2]])
 REF = np.array([[-1.2, -0.4, -0.2]])
 VALUES = np.array([[0.5, 0.6, 0.7]])
@@ -33,19 +33,20 @@ def _rollout(kl_estimator):
 
 def test_ppo_worked_rewards_gae_returns(x64):
     rewards, adv, ret = _rollout("k1")
-    # §6: r = -0.05 kl + s at the last token, kl = [0.2, -0.1, 0].
+    # PPO and GAE: r = -0.05 kl + s at the last token, kl = [0.2, -0.1, 0].
     np.testing.assert_allclose(rewards, [[-0.01, 0.005, 1.0]], atol=1e-12)
-    # §6: A = [0.4605, 0.39, 0.3] (delta_3 = 0.3, A_2 = 0.105 + 0.95 x 0.3, ...), R = A + V.
+    # PPO and GAE: A = [0.4605, 0.39, 0.3] (delta_3 = 0.3, A_2 = 0.105 + 0.95 x 0.3, ...),
+    # R = A + V.
     np.testing.assert_allclose(adv, [[0.4605, 0.39, 0.3]], atol=1e-12)
     np.testing.assert_allclose(ret, [[0.9605, 0.99, 1.0]], atol=1e-12)
-    # §6: TRL-whitened A (unbiased variance, + 1e-8) = [0.957149, 0.080798, -1.037947].
+    # PPO and GAE: TRL-whitened A (unbiased variance, + 1e-8) = [0.957149, 0.080798, -1.037947].
     white = jax.jit(losses.masked_whiten)(adv, MASK3)
     np.testing.assert_allclose(white, [[0.957149, 0.080798, -1.037947]], atol=1e-6)
 
 
 def test_ppo_worked_rewards_k3(x64):
     _, adv, _ = _rollout("k3")
-    # §6: with k3 (kl = [0.018731, 0.005171, 0]) A = [0.464568, 0.384741, 0.3].
+    # PPO and GAE: with k3 (kl = [0.018731, 0.005171, 0]) A = [0.464568, 0.384741, 0.3].
     np.testing.assert_allclose(adv, [[0.464568, 0.384741, 0.3]], atol=1e-6)
 
 
@@ -61,9 +62,9 @@ def test_ppo_worked_update_step(x64):
         return reduce.token_mean(pg, MASK3), reduce.token_mean(vf, MASK3), {**pg_m, **vf_m}
 
     pg, vf, metrics = step(new, np.array([[0.9, 0.5, 0.75]]))
-    np.testing.assert_allclose(pg, -0.126526, atol=1e-6)  # §6 L_pg
-    np.testing.assert_allclose(vf, 0.061743, atol=1e-6)  # §6 L_v (clipped v = [0.7, 0.5, 0.75])
-    np.testing.assert_allclose(pg + 0.1 * vf, -0.120352, atol=1e-6)  # §6 total, vf_coef 0.1
+    np.testing.assert_allclose(pg, -0.126526, atol=1e-6)  # PPO L_pg
+    np.testing.assert_allclose(vf, 0.061743, atol=1e-6)  # PPO L_v (clipped v = [0.7, 0.5, 0.75])
+    np.testing.assert_allclose(pg + 0.1 * vf, -0.120352, atol=1e-6)  # PPO total, vf_coef 0.1
     # Token 1 (A > 0, ratio 1.2214 > 1.2) is the only clipped one: clipfrac 1/3.
     np.testing.assert_allclose(metrics["policy/clipfrac"], 1 / 3, rtol=1e-12)
     # approx_kl = mean(0.5 x [0.04, 0, 0.04]) = 0.04 / 3.
@@ -157,7 +158,8 @@ def test_ppo_gradients(x64):
 # ---------------------------------------------------------------------------------------------
 # GRPO
 
-# ALGORITHMS.md §7 worked batch: four completions of lengths 2, 3, 1, 2 (padded to 3).
+# docs/algorithms.md, GRPO family and RLOO worked batch: four completions of lengths 2, 3, 1, 2
+# (padded to 3).
 GRPO_MASK = np.array([[1.0, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]])
 GRPO_LOGPS = np.array([[-1, -0.5, 0], [-0.2, -0.3, -0.4], [-2, 0, 0], [-0.7, -0.9, 0]])
 GRPO_OLD = np.array([[-1.1, -0.5, 0], [-0.2, -0.6, -0.4], [-1.5, 0, 0], [-0.7, -0.9, 0]])
@@ -166,7 +168,8 @@ GRPO_REF = np.array([[-1, -0.7, 0], [-0.3, -0.3, -0.4], [-2, 0, 0], [-0.5, -0.9,
 
 def test_grpo_worked_advantages(x64):
     rewards = np.array([1.0, 0.0, 0.0, 1.0])
-    # §7: mean 0.5, Bessel std 0.577350 (+1e-4): A = +-0.865875; scale "none": A = +-0.5.
+    # GRPO worked advantages: mean 0.5, Bessel std 0.577350 (+1e-4): A = +-0.865875;
+    # scale "none": A = +-0.5.
     adv = jax.jit(losses.grpo_advantages)(rewards)
     np.testing.assert_allclose(adv, [0.865875, -0.865875, -0.865875, 0.865875], atol=1e-6)
     none = losses.grpo_advantages(rewards, scale_rewards="none")
@@ -193,15 +196,15 @@ def test_grpo_worked_losses(beta, expected, x64):
         return out, metrics
 
     out, metrics = run(GRPO_LOGPS)
-    for name, value in expected.items():  # §7 table (dapo = bnpo with 1 process, 1 step)
+    for name, value in expected.items():  # GRPO table (dapo = bnpo with 1 process, 1 step)
         np.testing.assert_allclose(out[name], value, atol=1e-6, err_msg=name)
-    # §7: only seq 3 (ratio e^{-0.5} < 0.8, A < 0) is low-clipped: 1 of 8 tokens.
+    # GRPO: only seq 3 (ratio e^{-0.5} < 0.8, A < 0) is low-clipped: 1 of 8 tokens.
     np.testing.assert_allclose(metrics["clip_ratio/low_mean"], 0.125, rtol=1e-12)
     np.testing.assert_allclose(metrics["clip_ratio/high_mean"], 0.0, atol=0)
 
 
 def test_grpo_worked_k3_values(x64):
-    # §7: the non-zero per-token k3 values are 0.018731, 0.004837 and 0.021403.
+    # GRPO: the non-zero per-token k3 values are 0.018731, 0.004837 and 0.021403.
     kl = losses.kl_k3(GRPO_LOGPS, GRPO_REF) * GRPO_MASK
     np.testing.assert_allclose(kl[0, 1], 0.018731, atol=1e-6)
     np.testing.assert_allclose(kl[1, 0], 0.004837, atol=1e-6)
@@ -333,7 +336,7 @@ def test_rloo_advantages(x64):
 
 
 def test_float32_and_bf16_inputs():
-    # Default float32 (no x64): §7 worked grpo and dapo values hold at 1e-5; bf16 log-probs
+    # Default float32 (no x64): the GRPO worked grpo and dapo values hold at 1e-5; bf16 log-probs
     # are upcast, so the loss comes back in float32.
     adv = losses.grpo_advantages(jnp.array([1.0, 0.0, 0.0, 1.0]))
     per_token, _ = jax.jit(lambda lp: losses.grpo_loss(lp, GRPO_OLD, adv, GRPO_MASK,

@@ -11,13 +11,13 @@ from jax.test_util import check_grads
 from alignax import losses
 from alignax.losses import PREFERENCE_LOSSES
 
-# ALGORITHMS.md §4 worked pair: l(y_w)=-10, l(y_l)=-12, l_ref(y_w)=-11, l_ref(y_l)=-11.5,
-# |y_w|=5, |y_l|=8, beta=0.1 -> rho_w=1, rho_l=-0.5, delta=1.5.
+# docs/algorithms.md, DPO family worked pair: l(y_w)=-10, l(y_l)=-12, l_ref(y_w)=-11,
+# l_ref(y_l)=-11.5, |y_w|=5, |y_l|=8, beta=0.1 -> rho_w=1, rho_l=-0.5, delta=1.5.
 PAIR = dict(chosen_logps=[-10.0], rejected_logps=[-12.0], ref_chosen_logps=[-11.0],
             ref_rejected_logps=[-11.5])
 LENGTHS = dict(chosen_lengths=[5.0], rejected_lengths=[8.0])
 
-WORKED = {  # loss_type: (extra kwargs, value from ALGORITHMS.md §4, computed in float64)
+WORKED = {  # loss_type: (extra kwargs, value from docs/algorithms.md DPO family, float64)
     "sigmoid": ({}, 0.620957),
     "hinge": ({}, 0.85),            # 1 - 0.1 * 1.5
     "ipo": ({}, 22.443906),         # (1/5 + 0.5/8 - 5)^2
@@ -56,7 +56,8 @@ def test_worked_example(name, x64):
 
 
 def test_legacy_cdpo_label_smoothing(x64):
-    # ALGORITHMS.md §4: legacy sigmoid with eps=0.1 is 0.635957; eps=0 is the plain sigmoid.
+    # docs/algorithms.md, DPO family: legacy sigmoid with eps=0.1 is 0.635957; eps=0 is the
+    # plain sigmoid.
     args = [jnp.asarray(PAIR[k]) for k in PAIR]
     np.testing.assert_allclose(losses.dpo_loss(*args, beta=0.1, label_smoothing=0.1), [0.635957],
                                rtol=1e-6)
@@ -65,7 +66,8 @@ def test_legacy_cdpo_label_smoothing(x64):
 
 
 def test_aot_batch_of_two(x64):
-    # ALGORITHMS.md §4: second pair (-20, -19, -20, -21): aot mean 0.707677, unpaired 0.706428.
+    # docs/algorithms.md, DPO family: second pair (-20, -19, -20, -21): aot mean 0.707677,
+    # unpaired 0.706428.
     pair = dict(chosen_logps=[-10.0, -20.0], rejected_logps=[-12.0, -19.0],
                 ref_chosen_logps=[-11.0, -20.0], ref_rejected_logps=[-11.5, -21.0])
     kw = dict(chosen_lengths=jnp.ones(2), rejected_lengths=jnp.ones(2), beta=0.1)
@@ -78,7 +80,8 @@ def test_aot_batch_of_two(x64):
 
 
 def test_ld_dpo_worked_example(x64):
-    # ALGORITHMS.md §4: shared length 3; chosen -3.5, rejected -1.5-1-2 + 0.5*(-0.5-1) = -5.25.
+    # docs/algorithms.md, DPO family (LD-DPO): shared length 3; chosen -3.5,
+    # rejected -1.5-1-2 + 0.5*(-0.5-1) = -5.25.
     cw = jnp.array([[0.0, -1.0, -2.0, -0.5, 0.0, 0.0]])
     mw = jnp.array([[0.0, 1.0, 1.0, 1.0, 0.0, 0.0]])
     cl = jnp.array([[-1.5, -1.0, -2.0, -0.5, -1.0, 0.0]])
@@ -240,7 +243,7 @@ def test_register_user_loss():
 def test_preference_metrics(x64):
     args = [jnp.asarray(PAIR[k]) for k in PAIR]
     m = losses.preference_metrics(*args, beta=0.1)
-    # ALGORITHMS.md §4: rewards chosen 0.1, rejected -0.05, margin 0.15, accuracy 1.
+    # docs/algorithms.md, DPO family: rewards chosen 0.1, rejected -0.05, margin 0.15, accuracy 1.
     np.testing.assert_allclose([m["rewards/chosen"], m["rewards/rejected"],
                                 m["rewards/margins"], m["rewards/accuracies"],
                                 m["logps/chosen"], m["logps/rejected"]],

@@ -9,14 +9,15 @@ from alignax import losses
 
 
 def test_simpo_worked_example(x64):
-    # ALGORITHMS.md §5a: mean log-probs -2 (-10/5) and -1.5 (-12/8), beta 2, gamma 0.5 -> 1.701413.
+    # docs/algorithms.md, SimPO: mean log-probs -2 (-10/5) and -1.5 (-12/8), beta 2, gamma 0.5
+    # -> 1.701413.
     out = losses.simpo_loss(jnp.array([-10.0]), jnp.array([-12.0]), jnp.array([5.0]),
                             jnp.array([8.0]), beta=2.0, gamma=0.5)
     np.testing.assert_allclose(out, [1.701413], rtol=1e-6)
 
 
 def test_cpo_sigmoid_worked_example(x64):
-    # ALGORITHMS.md §5a: summed (-10, -12), beta 0.1 -> -log sigmoid(0.2) = 0.598139.
+    # docs/algorithms.md, CPO: summed (-10, -12), beta 0.1 -> -log sigmoid(0.2) = 0.598139.
     np.testing.assert_allclose(losses.cpo_loss(jnp.array([-10.0]), jnp.array([-12.0]), beta=0.1),
                                [0.598139], rtol=1e-6)
 
@@ -30,7 +31,8 @@ def test_alphapo_limits(x64):
 
 
 def test_orpo_worked_example(x64):
-    # ALGORITHMS.md §5b: mean log-probs -2 and -1.5 give log odds -0.607069, log sigma -1.042058.
+    # docs/algorithms.md, ORPO: mean log-probs -2 and -1.5 give log odds -0.607069,
+    # log sigma -1.042058.
     args = (jnp.array([-10.0]), jnp.array([-12.0]), jnp.array([5.0]), jnp.array([8.0]))
     np.testing.assert_allclose(losses.orpo_log_odds(*args), [-0.607069], rtol=1e-5)
     np.testing.assert_allclose(losses.orpo_loss(*args, beta=0.1), [0.1042058], rtol=1e-5)
@@ -47,7 +49,7 @@ def test_log1mexp_both_branches_and_grads(x64):
 
 
 def test_kto_worked_example(x64):
-    # ALGORITHMS.md §5c: z0 = mean([0.5, 0.2, 0.1, 0.4]) = 0.3; losses [0.482507, 0.495,
+    # docs/algorithms.md, KTO: z0 = mean([0.5, 0.2, 0.1, 0.4]) = 0.3; losses [0.482507, 0.495,
     # 0.467546, 0.505]; mean 0.487513.
     kl = losses.kto_kl_estimate(jnp.array([0.5, 0.2, 0.1, 0.4]), jnp.zeros(4))
     np.testing.assert_allclose(kl, 0.3, rtol=1e-12)
@@ -74,7 +76,8 @@ def test_apo_zero_unpaired(x64):
 
 
 def test_bradley_terry_worked_example(x64):
-    # ALGORITHMS.md §5d: BT 0.636108; with margins [0.3, 0] 0.698139; centring c=0.01 adds 0.01305.
+    # docs/algorithms.md, Reward model (Bradley-Terry): BT 0.636108; with margins [0.3, 0]
+    # 0.698139; centring c=0.01 adds 0.01305.
     r_w, r_l = jnp.array([1.0, 0.2]), jnp.array([0.5, 0.4])
     np.testing.assert_allclose(losses.bradley_terry_loss(r_w, r_l).mean(), 0.636108, rtol=1e-6)
     np.testing.assert_allclose(

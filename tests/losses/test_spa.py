@@ -1,4 +1,5 @@
-"""SPA: §8 worked pairs and loss, filters, the SimPO reduction (alpha = 0), gradients."""
+"""SPA: docs/algorithms.md (SPA) worked pairs and loss, filters, the SimPO reduction (alpha = 0),
+gradients."""
 
 import jax
 import numpy as np
@@ -6,14 +7,16 @@ from jax.test_util import check_grads
 
 from alignax import losses
 
-# ALGORITHMS.md §8: samples y1 = (9, 4), y2 = (9, 6), y3 = (7, 8); refined y~ = (10, 9); delta 2.
+# docs/algorithms.md, SPA: samples y1 = (9, 4), y2 = (9, 6), y3 = (7, 8); refined y~ = (10, 9);
+# delta 2.
 SAMPLES = np.array([[9.0, 4.0], [9.0, 6.0], [7.0, 8.0]])
 REFINED = np.array([10.0, 9.0])
 
 
 def test_worked_pairs():
     pairs = losses.spa_pairs(SAMPLES, REFINED, delta=2.0)
-    # §8: (y1>y3, 6), (y2>y1, 2), (y2>y3, 4), (y~>y1, 6), (y~>y2, 4), (y~>y3, 4); y~ is index 3.
+    # SPA worked pairs: (y1>y3, 6), (y2>y1, 2), (y2>y3, 4), (y~>y1, 6), (y~>y2, 4), (y~>y3, 4);
+    # y~ is index 3.
     got = list(zip(pairs.chosen.tolist(), pairs.rejected.tolist(), pairs.distance.tolist(),
                    strict=True))
     assert got == [(0, 2, 6.0), (1, 0, 2.0), (1, 2, 4.0), (3, 0, 6.0), (3, 1, 4.0), (3, 2, 4.0)]
@@ -38,7 +41,7 @@ def test_consistency_filter_is_strict():
 
 
 def test_informativeness_filter():
-    # §8: det Cov = 1.333333 (ddof 1) and 0.592593 (ddof 0).
+    # SPA worked example: det Cov = 1.333333 (ddof 1) and 0.592593 (ddof 0).
     np.testing.assert_allclose(losses.score_covariance_det(SAMPLES), 4 / 3, rtol=1e-12)
     np.testing.assert_allclose(losses.score_covariance_det(SAMPLES, ddof=0), 16 / 27,
                                rtol=1e-12)
@@ -59,8 +62,8 @@ def test_worked_loss(x64):
     per_pair = fn(w, l_)
     np.testing.assert_allclose(per_pair / np.array([1.0, 0.5, 1.5]),
                                [0.575939, 0.825939, 1.136871], atol=1e-6)
-    np.testing.assert_allclose(per_pair.mean(), 0.898072, atol=1e-6)  # §8 L_SPA
-    # alpha = 0: plain SimPO, 0.846250 (§8 unweighted), equal to simpo_loss.
+    np.testing.assert_allclose(per_pair.mean(), 0.898072, atol=1e-6)  # SPA worked L_SPA
+    # alpha = 0: plain SimPO, 0.846250 (SPA worked example, unweighted), equal to simpo_loss.
     simpo = losses.spa_loss(w, l_, ones, ones, gaps, beta=2.5, gamma=0.5, alpha=0.0)
     np.testing.assert_allclose(simpo.mean(), 0.846250, atol=1e-6)
     np.testing.assert_allclose(simpo, losses.simpo_loss(w, l_, ones, ones, beta=2.5, gamma=0.5),

@@ -261,7 +261,8 @@ def test_matches_trl(case, x64):
 
 
 def test_goldens_come_from_trl_1_16(x64):
-    # The goldens pin the TRL version whose semantics alignax follows (ALGORITHMS.md §4).
+    # The goldens pin the TRL version whose semantics alignax follows (docs/algorithms.md,
+    # Golden values).
     assert DATA["trl_version"] == "1.16.0"
     assert len({c["name"] for c in CASES}) == len(CASES)
 

@@ -7,7 +7,7 @@ Run from the repository root, in an environment with torch (CPU) and trl==1.16.0
 It writes `tests/testdata/trl_preference_goldens.json`, read by `tests/losses/test_trl_goldens.py`
 (the test needs neither torch nor TRL). The output is deterministic (fixed seed).
 
-How TRL is driven (ALGORITHMS.md §11):
+How TRL is driven (docs/algorithms.md, Golden values):
 
 * DPO: TRL >= 0.29 inlines the loss in `DPOTrainer._compute_loss`. The trainer is made with
   `DPOTrainer.__new__` and given the attributes `_compute_loss` reads, set from a real
@@ -56,7 +56,8 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def _patch_optional_dependency_checks():
-    """ALGORITHMS.md §4 gotcha: some `is_*_available` helpers return a truthy tuple; unwrap it."""
+    """Gotcha (docs/algorithms.md, Golden values): some `is_*_available` helpers return a truthy
+    tuple; unwrap it."""
     import_utils = importlib.import_module("trl.import_utils")
     for name in dir(import_utils):
         fn = getattr(import_utils, name)
