@@ -43,18 +43,18 @@ def _logits(h, w):
     return jnp.einsum("nce,ev->ncv", h, w.astype(h.dtype), preferred_element_type=out)
 
 
-def completion_frame(model, input_ids, attention_mask, completion_mask, *, width: int):
+def completion_frame(model, input_ids, completion_mask, *, width: int):
     """One forward; the hidden states that predict each completion token, left-aligned.
 
     Args:
       model: an NNX `Transformer`.
-      input_ids, attention_mask, completion_mask: `[N, S]` (completion tokens contiguous).
+      input_ids, completion_mask: `[N, S]` right-padded rows (`data.collate`: causal attention
+        alone keeps real positions off the padding), completion tokens contiguous.
       width: T, the frame width (the longest completion the data allows).
     Returns:
       (hidden `[N, T, E]`, targets `[N, T]` int32, mask `[N, T]` float32): position t holds
       the state that predicts completion token t; the mask is 0 past the completion's end.
     """
-    del attention_mask  # right-padded rows (`data.collate`): causal attention alone suffices
     hidden, _ = model.hidden_states(input_ids)
     m = completion_mask[:, 1:].astype(jnp.int32)
     start = jnp.argmax(m, axis=-1)
@@ -163,7 +163,7 @@ def pair_frame(graphdef, params, batch, rows, width: int):
     get = lambda k: batch[k][:, rows]
     b, n, s = get("input_ids").shape
     flat = lambda x: x.reshape(b * n, s)
-    h, y, m = completion_frame(model, flat(get("input_ids")), flat(get("attention_mask")),
+    h, y, m = completion_frame(model, flat(get("input_ids")),
                                flat(get("completion_mask")), width=width)
     return h, y, m, model.lm_head_weight()
 

@@ -7,7 +7,12 @@ Process 0 writes the loss and the updated parameters (gathered from both process
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+# 4 devices per process; the suite's other XLA flags (tests/conftest.py) stay, so this process
+# compiles exactly as the single-process reference it is compared with.
+os.environ["XLA_FLAGS"] = " ".join(
+    [f for f in os.environ.get("XLA_FLAGS", "").split()
+     if "xla_force_host_platform_device_count" not in f]
+    + ["--xla_force_host_platform_device_count=4"])
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import jax  # noqa: E402
