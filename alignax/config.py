@@ -28,6 +28,8 @@ from typing import Any
 import ml_collections
 
 REQUIRED_SECTIONS = ("algorithm", "model", "data", "loss", "optim", "train", "mesh", "checkpoint")
+# Sections every algorithm may use besides the required ones (filled with defaults).
+COMMON_SECTIONS = ("lora",)
 
 # Every section and field with its default. A field documented here is documented once.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -47,11 +49,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # last `eval_fraction` of the file. `on_error`: raise | skip (skipped rows are counted).
     # `objectives`, `balance`, `conflict`: MAH-DPO's objective names (head order), balanced
     # batches (B/O pairs per objective) and the built-in task's share of conflicting pairs.
+    # `packing`: several rows per batch row (segment ids, positions restarting per segment;
+    # SFT and the DPO family), `pack_width` tokens wide (0 = the longest row the limits allow).
     "data": dict(path="", eval_path="", eval_fraction=0.05, format="auto", on_error="raise",
                  task="arithmetic", num_train=4096, num_eval=256, max_operand=20,
                  error_rate=0.0, error_offsets=(1,), max_prompt_length=8,
                  max_completion_length=6, buckets=(), objectives=(), balance=True,
-                 conflict=1.0),
+                 conflict=1.0, packing=False, pack_width=0),
     # AdamW with linear warmup then `decay` (cosine | linear | constant) to
     # `end_learning_rate`, global-norm clipping (`max_grad_norm`, None = off).
     "optim": dict(name="adamw", learning_rate=1e-3, warmup_steps=10, decay="cosine",
@@ -67,6 +71,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                   export_hf=True, sweep_points=0),
     # Axis name -> size, -1 = the rest of the devices.
     "mesh": dict(data=-1, fsdp=1, tensor=1),
+    # LoRA adapters (Hu et al. 2021): rank > 0 trains only `rank`-dim adapters on the
+    # `targets` projections, scaled alpha / rank; the base weights stay frozen, stored once
+    # (the reference is the base without adapters), and are merged into the HF export.
+    "lora": dict(rank=0, alpha=16.0, dropout=0.0,
+                 targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate", "up", "down")),
     "checkpoint": dict(every_steps=100, keep=2),
     # Online RL: G samples per prompt (`num_generations`), sampling settings, stop tokens (in
     # addition to EOS); `num_epochs` x `num_minibatches` updates per rollout batch; DAPO
@@ -103,7 +112,8 @@ OPTIONAL_SECTIONS = ("reference", "rollout", "reward", "heads", "teacher", "samp
 # Fields whose keys are the user's (any key, any value).
 OPEN_FIELDS = ("model.overrides", "teacher.overrides", "dckd_stage.loss", "mesh")
 # Fields of shared sections that only the algorithms claiming them may set.
-CLAIMED_FIELDS = ("data.objectives", "data.balance", "data.conflict", "train.sweep_points")
+CLAIMED_FIELDS = ("data.objectives", "data.balance", "data.conflict", "train.sweep_points",
+                  "data.packing", "data.pack_width")
 
 
 class ConfigError(ValueError):
@@ -290,7 +300,8 @@ def resolve(cfg: ml_collections.ConfigDict, *, sections: Iterable[str] = (),
         if name in OPTIONAL_SECTIONS and name not in sections:
             raise ConfigError(f"{source}: config section {name!r} is not used by algorithm "
                               f"{algorithm!r} (it reads {', '.join(sections) or 'no other'})")
-    for name in [s for s in REQUIRED_SECTIONS if s in DEFAULTS] + list(sections):
+    for name in [s for s in REQUIRED_SECTIONS if s in DEFAULTS] + list(COMMON_SECTIONS) + list(
+            sections):
         values = dict(given.get(name) or {})
         if name == "mesh":
             out[name] = values

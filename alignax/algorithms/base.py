@@ -134,7 +134,7 @@ def precompute_arrays(ctx: Context, fn, params, rows, *, name: str, what: str, c
 
 
 def lm_plan(ctx: Context, *, kind: str, loss_fn_for: Callable, model=None, reference=None,
-            arrays: Callable | None = None, save=to_hf, **plan_kw) -> Plan:
+            arrays: Callable | None = None, save=to_hf, iterator=None, **plan_kw) -> Plan:
     """The plan of an offline algorithm that trains one module on tokenised rows.
 
     Args:
@@ -146,6 +146,7 @@ def lm_plan(ctx: Context, *, kind: str, loss_fn_for: Callable, model=None, refer
       arrays: `(graphdef, params, rows) -> (train arrays, eval arrays)` per-row arrays added
         to the batches (e.g. precomputed reference log-probs), or None.
       save: `(module, directory)` writing the export.
+      iterator: the batch iterator class for `ctx.batches` (default `data.BatchIterator`).
       plan_kw: more `Plan` fields.
     """
     rows = ctx.rows(functools.partial(ctx.examples, kind))
@@ -154,10 +155,11 @@ def lm_plan(ctx: Context, *, kind: str, loss_fn_for: Callable, model=None, refer
     train_arrays, eval_arrays = arrays(graphdef, params, rows) if arrays else (None, None)
     plan_kw.setdefault("evaluate", task_evaluator(ctx, graphdef,
                                                   ctx.eval_prompts(rows.eval_examples)))
+    batches = functools.partial(ctx.batches, **({"iterator": iterator} if iterator else {}))
     return Plan(
         params=params, loss_fn=loss_fn_for(graphdef),
-        data=ctx.batches(rows.train, arrays=train_arrays), reference=reference,
+        data=batches(rows.train, arrays=train_arrays), reference=reference,
         ref_dtype=ctx.cfg.reference.dtype if reference else "",
-        eval_batches=(lambda: ctx.batches(rows.eval, shuffle=False, arrays=eval_arrays))
+        eval_batches=(lambda: batches(rows.eval, shuffle=False, arrays=eval_arrays))
         if rows.eval else None,
         export=lambda p, out: save(nnx.merge(graphdef, p), out), **plan_kw)
