@@ -7,11 +7,12 @@ chunked log-probs, KV-cache decoding, heads and tokenisers.
     logps = alignax.models.token_logps(hidden[:, :-1], model.lm_head_weight(),
                                        input_ids[:, 1:], mask[:, 1:])      # [B, S-1]
     alignax.models.to_hf(model, "/path/to/out")
+    model = alignax.models.add_lora(model, rank=16, alpha=32.0)   # LoRA adapters (lora.py)
 
 torch/transformers are never imported here; safetensors/tokenizers/jinja2 lazily.
 """
 
-from alignax.models import tokenizers
+from alignax.models import lora, tokenizers
 from alignax.models.cache import KVCache, init_cache
 from alignax.models.config import ModelConfig, tiny_config
 from alignax.models.critic import Critic
@@ -36,6 +37,16 @@ from alignax.models.logprobs import (
     token_logps,
     token_stats,
 )
+from alignax.models.lora import (
+    LoRA,
+    LoRAAdapter,
+    add_lora,
+    has_lora,
+    lora_state,
+    merge_lora,
+    remove_lora,
+    split_lora,
+)
 from alignax.models.multihead import MultiHeadLM, load_multihead, save_multihead
 from alignax.models.reward_model import RewardModel, load_reward_model, save_reward_model
 from alignax.models.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
@@ -46,6 +57,8 @@ __all__ = [
     "Critic",
     "HFTokenizer",
     "KVCache",
+    "LoRA",
+    "LoRAAdapter",
     "MissingTensorsError",
     "ModelConfig",
     "MultiHeadLM",
@@ -54,12 +67,14 @@ __all__ = [
     "RewardModel",
     "Transformer",
     "ValueHead",
+    "add_lora",
     "check_head_weights",
     "completion_logps",
     "decode_step",
     "extend",
     "forward",
     "from_hf",
+    "has_lora",
     "init_cache",
     "init_model",
     "last_token_index",
@@ -68,14 +83,19 @@ __all__ = [
     "load_tokenizer",
     "log_sum_sq_probs",
     "logical_axes",
+    "lora",
+    "lora_state",
+    "merge_lora",
     "mix_heads",
     "pair_logps",
     "multi_head_token_logps",
     "prefill",
+    "remove_lora",
     "save_multihead",
     "save_reward_model",
     "scan_chunks",
     "sequence_logps",
+    "split_lora",
     "tiny_config",
     "to_hf",
     "token_entropy",

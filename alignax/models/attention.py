@@ -17,6 +17,7 @@ from flax import nnx
 
 from alignax.models.config import ModelConfig
 from alignax.models.layers import RMSNorm, const_param, normal_param
+from alignax.models.lora import lora_project
 
 # ---------------------------------------------------------------------------------- RoPE
 
@@ -157,6 +158,9 @@ class Attention(nnx.Module):
     Weights are kept per head: q `[E, N, D]`, k/v `[E, K, D]`, o `[N, D, E]`.
     """
 
+    # LoRA-adaptable weights: name -> (input dims, output dims) of the per-layer weight.
+    LORA_TARGETS = {"q_proj": (1, 2), "k_proj": (1, 2), "v_proj": (1, 2), "o_proj": (2, 1)}
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         e, n, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         self.config = config
@@ -174,7 +178,8 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(d, config, names=("head_dim",))
             self.k_norm = RMSNorm(d, config, names=("head_dim",))
 
-    def __call__(self, x, positions, mask, *, kv_cache=None, cache_index=None):
+    def __call__(self, x, positions, mask, *, kv_cache=None, cache_index=None,
+                 dropout_rng=None):
         """Attends `x` to itself (and to the cached keys, if any).
 
         Args:
@@ -183,13 +188,18 @@ class Attention(nnx.Module):
           mask: `[B, 1, T, S]` bool, or None for plain causal attention without a cache.
           kv_cache: None, or `(k, v)` each `[B, S, K, D]` for this layer.
           cache_index: `[]` int32 slot where this call's T tokens are written.
+          dropout_rng: key of the LoRA adapters' input dropout (see `lora.py`), or None.
         Returns:
           `([B, T, E], new_kv_cache or None)`.
         """
         cfg, dt = self.config, self.config.compute_dtype
+        rng = dropout_rng
         q = jnp.einsum("bte,end->btnd", x, self.q_proj[...].astype(dt))
         k = jnp.einsum("bte,ekd->btkd", x, self.k_proj[...].astype(dt))
         v = jnp.einsum("bte,ekd->btkd", x, self.v_proj[...].astype(dt))
+        q = lora_project(self, "q_proj", x, q, rng)
+        k = lora_project(self, "k_proj", x, k, rng)
+        v = lora_project(self, "v_proj", x, v, rng)
         if cfg.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -210,7 +220,8 @@ class Attention(nnx.Module):
             k, v = k_cache.astype(dt), v_cache.astype(dt)
             impl = "xla" if impl == "auto" else impl  # short query blocks: XLA is fine
         out = _attend(q, k, v, mask, impl=impl)  # [B, T, N, D]
-        out = jnp.einsum("btnd,nde->bte", out, self.o_proj[...].astype(dt))
+        out = lora_project(self, "o_proj", out,
+                           jnp.einsum("btnd,nde->bte", out, self.o_proj[...].astype(dt)), rng)
         if cfg.o_bias:
             out = out + self.o_bias[...].astype(dt)
         return out, new_cache

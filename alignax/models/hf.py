@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alignax.models import lora
 from alignax.models.config import ModelConfig
 from alignax.models.transformer import Transformer
 
@@ -244,13 +245,16 @@ def to_hf(model: Transformer, path: str | os.PathLike, *, dtype=None,
     """Writes `model` as a HF checkpoint (`config.json` + safetensors) that transformers loads.
 
     Args:
-      model: a `Transformer`.
+      model: a `Transformer`; LoRA adapters, if any, are merged into the weights first
+        (`lora.merge_lora`), so the checkpoint is a plain model any HF loader reads.
       path: output directory (created).
       dtype: tensor dtype on disk; default the model's `param_dtype`.
       max_shard_bytes: above this size, tensors go to several files plus an index.
     Returns:
       The names of the files written.
     """
+    if lora.has_lora(model):
+        model = lora.merge_lora(model)
     _, save_file = _safetensors()
     config: ModelConfig = model.config
     out_dtype = jnp.dtype(dtype or config.param_dtype)

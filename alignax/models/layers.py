@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignax.models.config import ModelConfig
+from alignax.models.lora import lora_project
 
 LOGICAL_AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "layers")
 
@@ -65,6 +66,9 @@ class RMSNorm(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU feed-forward: down(silu(x @ gate) * (x @ up)) (Shazeer 2020)."""
 
+    # LoRA-adaptable weights: name -> (input dims, output dims) of the per-layer weight.
+    LORA_TARGETS = {"gate": (1, 1), "up": (1, 1), "down": (1, 1)}
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         e, f = config.hidden_size, config.intermediate_size
         self.dtype = config.compute_dtype
@@ -72,9 +76,13 @@ class MLP(nnx.Module):
         self.up = normal_param(rngs, (e, f), ("embed", "mlp"), config)
         self.down = normal_param(rngs, (f, e), ("mlp", "embed"), config)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """`[B, S, E]` -> `[B, S, E]` in the compute dtype."""
+    def __call__(self, x: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+        """`[B, S, E]` -> `[B, S, E]` in the compute dtype.
+
+        `dropout_rng`: key of the LoRA adapters' input dropout (see `lora.py`), or None.
+        """
         dt = self.dtype
-        gate = x @ self.gate[...].astype(dt)
-        up = x @ self.up[...].astype(dt)
-        return (jax.nn.silu(gate) * up) @ self.down[...].astype(dt)
+        gate = lora_project(self, "gate", x, x @ self.gate[...].astype(dt), dropout_rng)
+        up = lora_project(self, "up", x, x @ self.up[...].astype(dt), dropout_rng)
+        act = jax.nn.silu(gate) * up
+        return lora_project(self, "down", act, act @ self.down[...].astype(dt), dropout_rng)

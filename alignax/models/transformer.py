@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from alignax.models import lora
 from alignax.models.attention import (
     Attention,
     make_mask,
@@ -25,10 +26,15 @@ from alignax.models.attention import (
 from alignax.models.cache import KVCache
 from alignax.models.config import ModelConfig
 from alignax.models.layers import MLP, RMSNorm, normal_param
+from alignax.models.lora import LORA_OUT
 
 _REMAT = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep the weight matmuls' outputs; an adapted projection keeps its sum `x W + LoRA(x)`
+    # (`lora.LORA_OUT`) instead of both matmul outputs.
+    "save_dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(LORA_OUT)),
 }
 
 
@@ -41,12 +47,19 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, config)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, h, positions, mask, kv_cache=None, cache_index=None):
-        """`[B, T, E]` -> (`[B, T, E]`, new per-layer kv cache or None)."""
+    def __call__(self, h, positions, mask, kv_cache=None, cache_index=None, *,
+                 dropout_rng=None):
+        """`[B, T, E]` -> (`[B, T, E]`, new per-layer kv cache or None).
+
+        `dropout_rng`: this layer's LoRA-dropout key (split between attention and MLP), or None.
+        """
+        attn_rng = mlp_rng = None
+        if dropout_rng is not None:
+            attn_rng, mlp_rng = jax.random.split(dropout_rng)
         a, kv_cache = self.attn(self.input_norm(h), positions, mask, kv_cache=kv_cache,
-                                cache_index=cache_index)
+                                cache_index=cache_index, dropout_rng=attn_rng)
         h = h + a
-        return h + self.mlp(self.post_attn_norm(h)), kv_cache
+        return h + self.mlp(self.post_attn_norm(h), mlp_rng), kv_cache
 
 
 class Transformer(nnx.Module):
@@ -83,7 +96,8 @@ class Transformer(nnx.Module):
         w = self.lm_head_weight().astype(hidden.dtype)
         return jnp.einsum("bse,ev->bsv", hidden, w, preferred_element_type=jnp.float32)
 
-    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None):
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None,
+                 dropout_rng=None):
         """Full forward pass.
 
         Args:
@@ -92,16 +106,18 @@ class Transformer(nnx.Module):
           positions: `[B, S]` RoPE position ids; default counts real tokens (so equals
             `arange(S)` on right-padded rows) or restarts per segment when `segment_ids` given.
           segment_ids: `[B, S]` packed-sequence ids; tokens attend only within their segment.
+          dropout_rng: a PRNG key for the dropout of LoRA adapters (`lora.py`); None (the
+            default) = no dropout. Unused without adapters.
         Returns:
           `[B, S, V]` float32 logits.
         """
         hidden, _ = self.hidden_states(input_ids, attention_mask, positions=positions,
-                                       segment_ids=segment_ids)
+                                       segment_ids=segment_ids, dropout_rng=dropout_rng)
         return self.logits(hidden)
 
     # ---------------------------------------------------------------------------- trunk
     def hidden_states(self, input_ids, attention_mask=None, *, positions=None,
-                      segment_ids=None, cache: KVCache | None = None):
+                      segment_ids=None, cache: KVCache | None = None, dropout_rng=None):
         """Final (normed) hidden states, optionally appending to a KV cache.
 
         Args:
@@ -111,6 +127,7 @@ class Transformer(nnx.Module):
             `cache.next_position` when a cache is given.
           segment_ids: `[B, T]` packed-sequence ids (not with a cache).
           cache: None for a plain forward, else the cache the T tokens are appended to.
+          dropout_rng: LoRA-dropout key (split per layer), or None = no dropout.
         Returns:
           (`[B, T, E]` hidden states in the compute dtype, updated cache or None).
         """
@@ -155,29 +172,35 @@ class Transformer(nnx.Module):
                                     window=window)
             if cfg.sliding_layers is None:  # every layer slides (Mistral): one mask
                 mask, window_mask = window_mask, None
-        h, kv = self._scan_layers(h, positions, mask, window_mask, kv, cache_index)
+        if dropout_rng is not None and not lora.uses_dropout(self):
+            dropout_rng = None  # no adapter drops anything: the plain program
+        h, kv = self._scan_layers(h, positions, mask, window_mask, kv, cache_index,
+                                  dropout_rng)
         h = self.norm(h)
         if cache is not None:
             cache = KVCache(k=kv[0], v=kv[1], valid=kv_valid, index=cache.index + t,
                             next_position=cache.next_position + jnp.sum(real, axis=-1))
         return h, cache
 
-    def _scan_layers(self, h, positions, mask, window_mask, kv, cache_index):
+    def _scan_layers(self, h, positions, mask, window_mask, kv, cache_index, dropout_rng=None):
         cfg = self.config
         graphdef, state = nnx.split(self.layers)
         sliding = jnp.asarray(cfg.sliding_layers or (True,) * cfg.num_layers)
+        # One dropout key per layer, scanned like the weights (explicit state: remat replays
+        # the same masks).
+        keys = None if dropout_rng is None else jax.random.split(dropout_rng, cfg.num_layers)
 
         def body(h, xs):
-            layer_state, layer_kv, slide = xs
+            layer_state, layer_kv, slide, key = xs
             layer = nnx.merge(graphdef, layer_state)
             layer_mask = mask
             if window_mask is not None:
                 layer_mask = jnp.where(slide, window_mask, mask)
-            return layer(h, positions, layer_mask, layer_kv, cache_index)
+            return layer(h, positions, layer_mask, layer_kv, cache_index, dropout_rng=key)
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT[cfg.remat], prevent_cse=False)
-        return jax.lax.scan(body, h, (state, kv, sliding))
+        return jax.lax.scan(body, h, (state, kv, sliding, keys))
 
 
 def logical_axes(model_or_state) -> nnx.State:
