@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.0",
     "numpy>=1.26",
     "tensorboardX>=2.6",
+    "tqdm>=4.64",
 ]
 
 EXTRAS = {

@@ -1,12 +1,15 @@
 """`alignax` command line.
 
   alignax train --config PATH[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
-  alignax sample --model DIR (--prompt TEXT ... | --prompts-file FILE) [--head-weights 0.7,0.3]
+  alignax sample --model DIR (--prompt TEXT ... | --prompts-file FILE) [--chat]
+                 [--head-weights 0.7,0.3]
   alignax eval --model DIR [--model DIR ...] [--data PAIRS --reference DIR] [--json PATH]
   alignax convert --workdir DIR [--step N] --out DIR
   alignax demo [--workdir DIR]
+  alignax --version
 
-A bad config or bad data ends with exit status 2 and one line naming the field, file and line.
+A bad config or bad data ends with exit status 2 and one line naming the field, file and line;
+a run stopped by a NaN loss with status 3; a bug in alignax with its traceback.
 """
 
 from __future__ import annotations
@@ -14,37 +17,72 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
+
+
+def deliberate(error: BaseException) -> bool:
+    """Whether `error` is a message alignax meant for the user: raised by a `raise` statement
+    in alignax's own code (a config check, a data check, a missing file), rather than an
+    internal failure (then the traceback is what a bug report needs)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    last = frames[-1]
+    package = os.path.dirname(os.path.abspath(__file__))
+    return (os.path.abspath(last.filename).startswith(package)
+            and (last.line or "").lstrip().startswith("raise"))
+
+
+def _fail(message: str, code: int = 2, hint: str = "") -> int:
+    print(f"alignax: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"alignax: hint: {hint}", file=sys.stderr)
+    return code
+
+
+TRAIN_HELP = """Trains as the config says, in WORKDIR (resuming there from its latest checkpoint).
+
+Any config field can be overridden: --config.KEY=VALUE, VALUE a Python literal or a bare
+string, e.g. --config.loss.name=ipo --config.train.steps=500 --config.model.path=DIR
+--config.data.path=pairs.jsonl. Every field, its default and its meaning: alignax/config.py;
+each algorithm's loss keywords: alignax/algorithms/__init__.py."""
 
 
 def _train(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="alignax train")
-    parser.add_argument("--config", required=True, help="PATH[:VARIANT]")
-    parser.add_argument("--workdir", required=True)
+    parser = argparse.ArgumentParser(
+        prog="alignax train", description=TRAIN_HELP,
+        usage="alignax train --config PATH[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="PATH[:VARIANT], e.g. "
+                        "experiments/configs/dpo.py:smoke")
+    parser.add_argument("--workdir", required=True, help="the run's directory")
     args, rest = parser.parse_known_args(argv)
     from alignax import algorithms, config
     from alignax.data import DataError
+    from alignax.data.errors import SKIP_HINT
     from alignax.train.runner import TrainingError
 
     try:
         cfg = config.load_config(args.config)
         config.apply_overrides(cfg, rest)
         summary = algorithms.run(cfg, args.workdir, source=args.config)
-    except (config.ConfigError, DataError) as e:
-        print(f"alignax: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as e:
-        print(f"alignax: error: {args.config}: {e}", file=sys.stderr)
-        return 2
+    except config.ConfigError as e:
+        return _fail(str(e))
+    except DataError as e:
+        return _fail(str(e), hint=SKIP_HINT if e.skippable else "")
     except TrainingError as e:
-        print(f"alignax: error: {e}", file=sys.stderr)
-        return 3
+        return _fail(str(e), code=3)
+    except (ValueError, FileNotFoundError) as e:
+        if not deliberate(e):
+            raise
+        return _fail(f"{args.config}: {e}")
     if "preempted_at" in summary:
         return 0
     line = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in summary.items() if not isinstance(v, dict))
+                     for k, v in summary.items() if not isinstance(v, dict | list))
     print(f"alignax: done: {line}")
     for key in ("eval_before", "eval_after"):
-        if key in summary:
+        if summary.get(key):
             print(f"  {key}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(
                 summary[key].items())))
     print(f"  workdir: {os.path.abspath(args.workdir)}")
@@ -64,7 +102,11 @@ def _sample(argv: list[str]) -> int:
                              "directory if it has one, else 'byte')")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", default="",
-                        help="one prompt per line, or .jsonl records with a 'prompt' field")
+                        help="one prompt per line, or .jsonl records with a 'prompt' (text) or "
+                             "'messages' (a chat) field")
+    parser.add_argument("--chat", action="store_true",
+                        help="render each --prompt as a user message with the tokenizer's chat "
+                             "template (the assistant's turn is generated)")
     parser.add_argument("--head-weights", default="",
                         help="multi-head exports: comma-separated weights over the heads, "
                              "e.g. 0.7,0.3 (default: the export weights in heads/heads.json)")
@@ -77,18 +119,19 @@ def _sample(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
     parser.add_argument("--dtype", default="", help="compute dtype, e.g. bfloat16")
     args = parser.parse_args(argv)
-    from alignax.data import DataError
-
     try:
         for line in sample_lines(args):
             print(line, flush=True)
-    except (ValueError, FileNotFoundError, DataError) as e:
-        print(f"alignax: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as e:
+        if not deliberate(e):
+            raise
+        return _fail(str(e))
     return 0
 
 
-def _read_prompts(path: str) -> list[str]:
+def _read_prompts(path: str) -> list:
+    """Prompts of a file: lines of text, or JSONL records with `prompt` (text) or `messages`
+    (a list of chat messages)."""
     import json
 
     if not os.path.exists(path):
@@ -105,10 +148,23 @@ def _read_prompts(path: str) -> list[str]:
             rec = json.loads(x)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-            raise ValueError(f"{path}:{i}: field 'prompt': expected a string")
-        out.append(rec["prompt"])
+        if isinstance(rec, dict) and isinstance(rec.get("messages"), list):
+            out.append(rec["messages"])
+        elif isinstance(rec, dict) and isinstance(rec.get("prompt"), str | list):
+            out.append(rec["prompt"])
+        else:
+            raise ValueError(f"{path}:{i}: field 'prompt': expected a string (or 'messages': "
+                             "a list of chat messages)")
     return out
+
+
+def _prompt_text(tokenizer, prompt, chat: bool) -> tuple[str, bool]:
+    """`(text, already has its special tokens)`: chat prompts rendered by the chat template
+    with the assistant's turn opened."""
+    if isinstance(prompt, list) or chat:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True), True
+    return prompt, False
 
 
 def sample_lines(args):
@@ -122,6 +178,11 @@ def sample_lines(args):
     path = args.model
     if os.path.exists(os.path.join(path, "hf", "config.json")):
         path = os.path.join(path, "hf")  # a train workdir (its config.json is the run's)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--model {args.model}: no such directory")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"--model {args.model}: no config.json (not an HF export nor "
+                                "a train workdir with an hf/ export)")
     tok_path = args.tokenizer or (path if os.path.exists(os.path.join(path, "tokenizer.json"))
                                   else "byte")
     tokenizer = models.load_tokenizer(tok_path)
@@ -157,7 +218,8 @@ def sample_lines(args):
             raise ValueError(f"--head-weights: {path} is a single-head model (no "
                              f"{HEADS_FILE}); drop --head-weights or use a MAH-DPO export")
         model = models.from_hf(path, **kw)
-    ids = [tokenizer.encode(p) for p in prompts]
+    rendered = [_prompt_text(tokenizer, p, args.chat) for p in prompts]
+    ids = [tokenizer.encode(t, add_special_tokens=not chat) for t, chat in rendered]
     if any(not x for x in ids):
         raise ValueError("an empty prompt (no tokens); every prompt needs text")
     stops = (int(tokenizer.eos_id),)
@@ -197,6 +259,7 @@ def _eval(argv: list[str]) -> int:
     import json
 
     from alignax.data import DataError
+    from alignax.models.reward_model import HEAD_FILE
     from alignax.train import evaluation
 
     as_export = lambda m: os.path.join(m, "hf") if os.path.isdir(os.path.join(m, "hf")) else m
@@ -206,18 +269,28 @@ def _eval(argv: list[str]) -> int:
         for m in models + ([reference] if reference else []):
             if not os.path.isdir(m):
                 raise FileNotFoundError(f"--model/--reference: {m} is not a directory")
+        reward_models = [m for m in models if os.path.exists(os.path.join(m, HEAD_FILE))]
+        if reward_models and not args.data:
+            raise ValueError(f"{reward_models[0]} is a reward model: evaluate it on preference "
+                             "pairs with --data PAIRS")
         if args.data:
-            results = {m: evaluation.pair_scores(m, args.data, reference_dir=reference or None,
-                                                 beta=args.beta,
-                                                 tokenizer=args.tokenizer or None)
+            results = {m: (evaluation.reward_scores(m, args.data,
+                                                    tokenizer=args.tokenizer or None)
+                           if m in reward_models else
+                           evaluation.pair_scores(m, args.data, reference_dir=reference or None,
+                                                  beta=args.beta,
+                                                  tokenizer=args.tokenizer or None))
                        for m in models}
         else:
             results = {m: {"task_accuracy": v} for m, v in evaluation.task_scores(
                 models, num_prompts=args.num_prompts, seed=args.seed,
                 max_operand=args.max_operand, tokenizer=args.tokenizer or None).items()}
-    except (ValueError, FileNotFoundError, DataError) as e:
-        print(f"alignax: error: {e}", file=sys.stderr)
-        return 2
+    except DataError as e:
+        return _fail(str(e))
+    except (ValueError, FileNotFoundError) as e:
+        if not deliberate(e):
+            raise
+        return _fail(str(e))
     for m, res in results.items():
         print(f"{m}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.items()))
     if args.json:
@@ -241,13 +314,19 @@ def _convert(argv: list[str]) -> int:
         algorithms.export_checkpoint(args.workdir, args.out, step=args.step,
                                      log=lambda m: print(f"alignax: {m}"))
     except (ValueError, FileNotFoundError) as e:
-        print(f"alignax: error: {e}", file=sys.stderr)
-        return 2
+        if not deliberate(e):
+            raise
+        return _fail(str(e))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--version"], ["-V"]):
+        from alignax import __version__
+
+        print(f"alignax {__version__}")
+        return 0
     commands = {"train": _train, "sample": _sample, "eval": _eval, "convert": _convert,
                 "demo": None}
     if not argv or argv[0] not in commands:

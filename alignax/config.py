@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import copy
 import importlib.util
+import json
 import os
 import sys
 import traceback
@@ -29,7 +30,7 @@ import ml_collections
 
 REQUIRED_SECTIONS = ("algorithm", "model", "data", "loss", "optim", "train", "mesh", "checkpoint")
 # Sections every algorithm may use besides the required ones (filled with defaults).
-COMMON_SECTIONS = ("lora",)
+COMMON_SECTIONS = ("lora", "resume", "logging")
 
 # Every section and field with its default. A field documented here is documented once.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -49,12 +50,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # last `eval_fraction` of the file. `on_error`: raise | skip (skipped rows are counted).
     # `objectives`, `balance`, `conflict`: MAH-DPO's objective names (head order), balanced
     # batches (B/O pairs per objective) and the built-in task's share of conflicting pairs.
+    # `max_prompt_length` / `max_completion_length`: tokens kept (a prompt keeps its end, a
+    # completion its start; every cut is counted and reported); None = the data's default:
+    # 512 / 512 for `path` (TRL's max_length 1024), 8 / 6 for the built-in task.
     # `packing`: several rows per batch row (segment ids, positions restarting per segment;
     # SFT and the DPO family), `pack_width` tokens wide (0 = the longest row the limits allow).
     "data": dict(path="", eval_path="", eval_fraction=0.05, format="auto", on_error="raise",
                  task="arithmetic", num_train=4096, num_eval=256, max_operand=20,
-                 error_rate=0.0, error_offsets=(1,), max_prompt_length=8,
-                 max_completion_length=6, buckets=(), objectives=(), balance=True,
+                 error_rate=0.0, error_offsets=(1,), max_prompt_length=None,
+                 max_completion_length=None, buckets=(), objectives=(), balance=True,
                  conflict=1.0, packing=False, pack_width=0),
     # AdamW with linear warmup then `decay` (cosine | linear | constant) to
     # `end_learning_rate`, global-norm clipping (`max_grad_norm`, None = off).
@@ -72,23 +76,32 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Axis name -> size, -1 = the rest of the devices.
     "mesh": dict(data=-1, fsdp=1, tensor=1),
     # LoRA adapters (Hu et al. 2021): rank > 0 trains only `rank`-dim adapters on the
-    # `targets` projections, scaled alpha / rank; the base weights stay frozen, stored once
-    # (the reference is the base without adapters), and are merged into the HF export.
+    # `targets` projections, scaled alpha / rank (plus small heads outside the transformer:
+    # score, value, MAH-DPO heads); the base weights stay frozen, stored once (the reference
+    # is the base without adapters), and are merged into the HF export. `dropout`: sft, dpo,
+    # simpo, cpo, orpo, kto only.
     "lora": dict(rank=0, alpha=16.0, dropout=0.0,
                  targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate", "up", "down")),
     "checkpoint": dict(every_steps=100, keep=2),
+    # Rerunning into a workdir resumes from its latest checkpoint; a config that differs from
+    # the one the workdir was trained with is an error (the diff is printed) unless
+    # `allow_changes` (e.g. to train longer).
+    "resume": dict(allow_changes=False),
+    # Optional Weights & Biases logging (lazy import; `pip install wandb`).
+    "logging": dict(wandb=False, wandb_project="alignax", wandb_name=""),
     # Online RL: G samples per prompt (`num_generations`), sampling settings, stop tokens (in
     # addition to EOS); `num_epochs` x `num_minibatches` updates per rollout batch; DAPO
     # dynamic sampling with up to `max_resample` tries.
     "rollout": dict(num_generations=8, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,
                     stop_tokens=(), num_epochs=1, num_minibatches=1, dynamic_sampling=False,
                     max_resample=4),
-    # Online RL rewards: verifiable `functions` (built-in names) with `weights`, a reward
-    # model in `model_path` (weight `model_weight`), and length / over-long / missing-EOS
-    # shaping (0 = off).
+    # Online RL rewards: `functions` (built-in names, `regex:PATTERN`, or your own
+    # `package.module:function`) with `weights`, a reward model in `model_path` (weight
+    # `model_weight`), and length / over-long / missing-EOS shaping (0 = off).
+    # `timeout_seconds` > 0 runs the functions in threads, NaN after that long (0 = no limit).
     "reward": dict(functions=("arithmetic_correct",), weights=(1.0,), model_path="",
                    model_weight=1.0, length_penalty=0.0, overlong_buffer=0,
-                   missing_eos_penalty=0.0),
+                   missing_eos_penalty=0.0, timeout_seconds=0.0),
     # MAH-DPO heads: `num_heads` 0 = one per objective, 1 = single-head baseline; each head =
     # the base head + N(0, noise_std^2) (`seed`); `export_weights` () = uniform mixture;
     # `trunk_lr_scale`: the trunk's learning rate relative to the heads' (0 = frozen trunk).
@@ -113,7 +126,7 @@ OPTIONAL_SECTIONS = ("reference", "rollout", "reward", "heads", "teacher", "samp
 OPEN_FIELDS = ("model.overrides", "teacher.overrides", "dckd_stage.loss", "mesh")
 # Fields of shared sections that only the algorithms claiming them may set.
 CLAIMED_FIELDS = ("data.objectives", "data.balance", "data.conflict", "train.sweep_points",
-                  "data.packing", "data.pack_width")
+                  "data.packing", "data.pack_width", "lora.dropout")
 
 
 class ConfigError(ValueError):
@@ -127,10 +140,24 @@ def _where(path: str, exc: BaseException) -> str:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `PATH[:VARIANT]` by calling the file's `get_config(VARIANT)`."""
+    """Loads `PATH[:VARIANT]` by calling the file's `get_config(VARIANT)`, or a JSON config
+    (`PATH.json`, e.g. a run's `WORKDIR/config.json`: the exact config it ran)."""
     path, _, variant = spec.partition(":")
     if not os.path.exists(path):
         raise ConfigError(f"{path}: no such config file")
+    if path.endswith(".json"):
+        if variant:
+            raise ConfigError(f"{spec}: a JSON config has no variants")
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a JSON config is an object of sections")
+        return ml_collections.ConfigDict(values)
+    if not path.endswith(".py"):
+        raise ConfigError(f"{path}: a config is a Python file (get_config) or a .json file")
     module_name = "alignax_config_" + os.path.splitext(os.path.basename(path))[0]
     spec_obj = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec_obj)
@@ -322,7 +349,56 @@ def resolve(cfg: ml_collections.ConfigDict, *, sections: Iterable[str] = (),
                                   f"{algorithm!r}")
             section[key] = value
         out[name] = section
+    _data_defaults(out["data"], source)
     return out
+
+
+# Length limits by data source: TRL's max_length 1024 for real data, the built-in task's own.
+_LENGTHS = {True: (512, 512), False: (8, 6)}
+
+
+def _data_defaults(data: dict, source: str) -> None:
+    """Fills the length limits the data implies and checks them."""
+    for key, default in zip(("max_prompt_length", "max_completion_length"),
+                            _LENGTHS[bool(data["path"])]):
+        if data[key] is None:
+            data[key] = default
+        value = data[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{source}: field 'data.{key}' must be a positive integer, got "
+                              f"{value!r}")
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any], *,
+         ignore: Iterable[str] = ("resume",)) -> list[str]:
+    """`field: old -> new` for every field that differs between two resolved configs.
+
+    A field missing from `old` (a config written before the field existed) counts as its
+    default; `loss` keys missing from `old` are left out (their defaults are the algorithm's).
+    """
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, Mapping) and f"{prefix}{k}" not in OPEN_FIELDS:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    a, b = flat(old), flat(new)
+    changes = []
+    for key in sorted(set(a) | set(b)):
+        if key.split(".")[0] in tuple(ignore):
+            continue
+        if key not in a:
+            section, _, field = key.partition(".")
+            if section == "loss" or DEFAULTS.get(section, {}).get(field) == b[key] or (
+                    isinstance(b[key], list) and list(DEFAULTS.get(section, {}).get(field) or ())
+                    == b[key]):
+                continue
+        if a.get(key, "(unset)") != b.get(key, "(unset)"):
+            changes.append(f"{key}: {a.get(key, '(unset)')!r} -> {b.get(key, '(unset)')!r}")
+    return changes
 
 
 def to_config(values: Mapping[str, Any]) -> ml_collections.ConfigDict:

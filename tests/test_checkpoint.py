@@ -108,6 +108,7 @@ def test_sigterm_sets_the_guard_and_the_handler_is_restored(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     total, every = 4, 2
     losses, params = train(str(tmp_path / "straight"), total_steps=total, every_steps=every)

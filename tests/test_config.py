@@ -2,6 +2,7 @@
 
 import ast
 import glob
+import json
 import os
 import textwrap
 
@@ -153,3 +154,25 @@ def test_resolution_fills_the_variant_defaults():
     cfg = algorithms.resolve_config(load("grpo"))
     assert cfg.rollout.max_resample == 4 and cfg.reference.dtype == ""
     assert "heads" not in cfg and "teacher" not in cfg
+
+
+def test_a_runs_config_json_loads_back_to_the_same_config(tmp_path):
+    resolved = algorithms.resolve_config(load("dpo", "--config.loss.beta=0.3"))
+    path = tmp_path / "config.json"
+    path.write_text(resolved.to_json(indent=2))
+    again = algorithms.resolve_config(config.load_config(str(path)))
+    assert again.to_json() == resolved.to_json()
+    assert config.diff(json.loads(resolved.to_json()), json.loads(again.to_json())) == []
+
+
+def test_bad_json_and_unknown_config_files_are_named(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text('{"algorithm": "dpo",\n  "train": {steps: 3}}')
+    with pytest.raises(config.ConfigError, match=r"config.json:2: invalid JSON"):
+        config.load_config(str(bad))
+    with pytest.raises(config.ConfigError, match="no variants"):
+        config.load_config(f"{bad}:smoke")
+    other = tmp_path / "config.yaml"
+    other.write_text("algorithm: dpo\n")
+    with pytest.raises(config.ConfigError, match="a Python file"):
+        config.load_config(str(other))

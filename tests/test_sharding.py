@@ -150,6 +150,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     """2 processes x 4 CPU devices (gloo collectives) = the single-process step."""
     port, out = _free_port(), tmp_path / "mp.npz"

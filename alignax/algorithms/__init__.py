@@ -90,9 +90,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, log=print,
     summary written to `workdir/summary.json`."""
     cfg = resolve_config(cfg, source=source)
     algorithm = ALGORITHMS[cfg.algorithm]
-    if cfg.lora.rank:
-        raise config.ConfigError(f"{source}: config field 'lora.rank': LoRA training is not "
-                                 "wired into the engine yet; set it to 0")
     if algorithm.run is not None:
         return algorithm.run(cfg, workdir, log=log, resolve=resolve_config)
     return runner.run(cfg, workdir, algorithm.setup, log=log)

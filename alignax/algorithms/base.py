@@ -17,6 +17,7 @@ from typing import Any
 
 from flax import nnx
 
+from alignax import data, sharding
 from alignax.config import ConfigError
 from alignax.models import to_hf
 from alignax.train.caches import cached_arrays
@@ -101,8 +102,9 @@ def loss_kwargs(cfg) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- LM plans
 
 def lm_skeleton(cfg) -> nnx.Module:
-    """The policy's transformer as `config.json` describes it (for `alignax convert`)."""
-    return build_model(cfg.model, seed=0)
+    """The policy's transformer as `config.json` describes it, adapters included (for
+    `alignax convert`)."""
+    return build_model(cfg.model, seed=0, lora=cfg.lora)
 
 
 def save_lm(module, out: str, cfg) -> None:
@@ -131,6 +133,23 @@ def precompute_arrays(ctx: Context, fn, params, rows, *, name: str, what: str, c
     return cached_arrays(fn, params, rows, name=name, cache_dir=cache_dir,
                          pad_id=ctx.tokenizer.pad_id, buckets=ctx.buckets,
                          batch_size=ctx.batch_size, extra=extra, what=what, log=ctx.log)
+
+
+PACKING = ("data.packing", "data.pack_width")
+"""The config fields an algorithm claims when its loss accepts packed batches."""
+
+
+def packing_plan(ctx: Context) -> dict[str, Any]:
+    """`lm_plan` keywords for `data.packing`: the packed batch iterator (`data.pack_width`
+    wide, grouped per micro-batch and split over the data-parallel devices) and a
+    `packing/fill` metric (real tokens / token slots of each step's batch); {} when off."""
+    if not ctx.cfg.data.packing:
+        return {}
+    iterator = data.packed_iterator(pack_width=ctx.cfg.data.pack_width,
+                                    num_microbatches=ctx.micro,
+                                    data_parallel=sharding.data_parallel_size(ctx.mesh))
+    return {"iterator": iterator,
+            "batch_metrics": lambda batch: {"packing/fill": data.packing.fill(batch)}}
 
 
 def lm_plan(ctx: Context, *, kind: str, loss_fn_for: Callable, model=None, reference=None,

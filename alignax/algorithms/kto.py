@@ -36,24 +36,25 @@ def kto_loss_fn(graphdef, *, name: str = "kto", beta: float = 0.1,
     `rewards/rejected`, `rewards/margins` (means over desirable / undesirable rows).
     """
 
-    def seq_logps(model, prefix, batch):
+    def seq_logps(model, prefix, batch, rng=None):
         tok, mask = completion_logps(model, batch[prefix + "input_ids"],
                                      batch[prefix + "attention_mask"],
-                                     batch[prefix + "completion_mask"], chunk_size=chunk_size)
+                                     batch[prefix + "completion_mask"], chunk_size=chunk_size,
+                                     dropout_rng=rng)
         return reduce.masked_sum(tok, mask)
 
     weights = dict(beta=beta, desirable_weight=desirable_weight,
                    undesirable_weight=undesirable_weight)
 
     def loss_fn(params, batch, rng, *, ref_params=None):
-        del rng
         if ref_params is None:
             raise ValueError("KTO needs the reference: ref_params (a frozen copy in the state)")
         model = nnx.merge(graphdef, params)
         ref_model = nnx.merge(graphdef, jax.lax.stop_gradient(ref_params))
-        logps, ref = seq_logps(model, "", batch), seq_logps(ref_model, "", batch)
+        kl_rng = None if rng is None else jax.random.fold_in(rng, 1)
+        logps, ref = seq_logps(model, "", batch, rng), seq_logps(ref_model, "", batch)
         if name == "kto":
-            z0 = losses.kto_kl_estimate(seq_logps(model, "kl_", batch),
+            z0 = losses.kto_kl_estimate(seq_logps(model, "kl_", batch, kl_rng),
                                         seq_logps(ref_model, "kl_", batch))
             per = losses.kto_loss(logps, ref, batch["label"], z0, **weights)
         else:
@@ -81,4 +82,5 @@ def setup(ctx: Context) -> Plan:
 
 
 KTO = Algorithm("kto", data="unpaired", variants=VARIANTS, setup=setup, reference="policy",
-                sections=("reference",), skeleton=lm_skeleton, save=save_lm)
+                sections=("reference",), skeleton=lm_skeleton, save=save_lm,
+                claims=("lora.dropout",))

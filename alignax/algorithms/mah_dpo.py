@@ -350,7 +350,8 @@ def setup(ctx: Context) -> Plan:
 def skeleton(cfg) -> MultiHeadLM:
     """The policy `config.json` describes, heads uninitialised (for `alignax convert`)."""
     names = objective_names(cfg)
-    return MultiHeadLM.from_base(build_model(cfg.model, seed=0), num_heads(cfg, names),
+    return MultiHeadLM.from_base(build_model(cfg.model, seed=0, lora=cfg.lora),
+                                 num_heads(cfg, names),
                                  noise_std=0.0, seed=0)
 
 

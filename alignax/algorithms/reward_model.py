@@ -50,5 +50,6 @@ def setup(ctx: Context) -> Plan:
 REWARD_MODEL = Algorithm(
     "reward_model", data="pairs",
     variants={"bradley_terry": dict(center_rewards_coefficient=None)}, setup=setup,
-    skeleton=lambda cfg: RewardModel(build_model(cfg.model, seed=0), rngs=nnx.Rngs(0)),
+    skeleton=lambda cfg: RewardModel(build_model(cfg.model, seed=0, lora=cfg.lora),
+                                     rngs=nnx.Rngs(0)),
     save=lambda module, out, cfg: save_reward_model(module, out))

@@ -14,6 +14,10 @@ length-averaged) log-probs of chosen and rejected, from one `[2B, S]` forward, p
 | `simpo` | `simpo` | SimPO margin with gamma (AlphaPO with alpha != 0) | averaged |
 | `cpo` | `sigmoid`, `hinge`, `ipo`, `simpo` | TRL's CPO types | summed (ipo, simpo: averaged) |
 | `orpo` | `orpo` | odds ratio, beta = the paper's lambda | averaged |
+
+With `data.packing=True` the same pairs come packed (`alignax.data.packing`: chosen and
+rejected are two adjacent segments of one row); the per-pair sums come from a segment sum, the
+NLL is the same token mean over the chosen tokens.
 """
 
 from __future__ import annotations
@@ -22,9 +26,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignax import losses
-from alignax.algorithms.base import Algorithm, lm_plan, lm_skeleton, loss_kwargs, save_lm
+from alignax.algorithms.base import (
+    PACKING,
+    Algorithm,
+    lm_plan,
+    lm_skeleton,
+    loss_kwargs,
+    packing_plan,
+    save_lm,
+)
 from alignax.losses import reduce
 from alignax.models import pair_logps
+from alignax.models.logprobs import example_sums, packed_completion_logps
 from alignax.train.context import Context
 from alignax.train.runner import Plan
 
@@ -64,17 +77,28 @@ def reference_free_loss_fn(graphdef, *, algorithm: str, name: str, nll_weight: f
                            chunk_size: int = 128, **hyper):
     """`loss_fn(params, batch, rng, *, ref_params=None) -> (loss, metrics)` of
     `algorithm`'s variant `name` (see the module table); `hyper` are its pair term's
-    keywords. Metrics: TRL's pair names and `nll_loss`."""
+    keywords. Batch: `[B, 2, S]` pairs or a packed batch of the same pairs. Metrics: TRL's
+    pair names and `nll_loss`."""
     term = PAIR_TERMS[(algorithm, name)]
     averaged = (algorithm, name) in AVERAGED
     beta, alpha = hyper["beta"], hyper.get("alpha", 0.0)
 
     def loss_fn(params, batch, rng, *, ref_params=None):
-        del rng, ref_params
-        tok, mask = pair_logps(nnx.merge(graphdef, params), batch, chunk_size=chunk_size)
-        sums, lengths = reduce.masked_sum(tok, mask), jnp.sum(mask, axis=-1)
-        pair = term(sums[:, 0], sums[:, 1], lengths[:, 0], lengths[:, 1], **hyper)
-        nll = reduce.token_mean(losses.nll_loss(tok[:, 0], mask[:, 0]), mask[:, 0])
+        del ref_params
+        model = nnx.merge(graphdef, params)
+        if "segment_ids" in batch:
+            tok, mask = packed_completion_logps(model, batch, chunk_size=chunk_size,
+                                                dropout_rng=rng)
+            sums = example_sums(tok, batch, per_example=2)
+            lengths = example_sums(mask, batch, per_example=2)
+            chosen = mask * (batch["segment_ids"][:, 1:] % 2 == 1)  # odd segments: chosen
+            pair = term(sums[:, 0], sums[:, 1], lengths[:, 0], lengths[:, 1], **hyper)
+            nll = reduce.token_mean(losses.nll_loss(tok, chosen), chosen)
+        else:
+            tok, mask = pair_logps(model, batch, chunk_size=chunk_size, dropout_rng=rng)
+            sums, lengths = reduce.masked_sum(tok, mask), jnp.sum(mask, axis=-1)
+            pair = term(sums[:, 0], sums[:, 1], lengths[:, 0], lengths[:, 1], **hyper)
+            nll = reduce.token_mean(losses.nll_loss(tok[:, 0], mask[:, 0]), mask[:, 0])
         shown = sums / jnp.maximum(lengths, 1.0) if averaged else sums
         r_w, r_l = losses.cpo_rewards(shown[:, 0], shown[:, 1], beta=beta, alpha=alpha)
         metrics = losses.pair_metrics(r_w, r_l, sums[:, 0], sums[:, 1])
@@ -88,11 +112,13 @@ def _setup(algorithm: str):
     def setup(ctx: Context) -> Plan:
         kw = loss_kwargs(ctx.cfg)
         return lm_plan(ctx, kind="pairs", loss_fn_for=lambda graphdef: reference_free_loss_fn(
-            graphdef, algorithm=algorithm, name=ctx.cfg.loss.name, chunk_size=ctx.chunk, **kw))
+            graphdef, algorithm=algorithm, name=ctx.cfg.loss.name, chunk_size=ctx.chunk, **kw),
+            **packing_plan(ctx))
 
     return setup
 
 
 SIMPO, CPO, ORPO = (Algorithm(name, data="pairs", variants=VARIANTS[name], setup=_setup(name),
-                              skeleton=lm_skeleton, save=save_lm)
+                              skeleton=lm_skeleton, save=save_lm,
+                              claims=(*PACKING, "lora.dropout"))
                     for name in ("simpo", "cpo", "orpo"))

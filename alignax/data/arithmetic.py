@@ -69,9 +69,14 @@ def leading_integer(completion: str) -> int | None:
 
 
 def is_correct(prompt: str, completion: str) -> bool:
-    """Objective 0 (the task's metric): the leading integer equals the prompt's answer."""
+    """Objective 0 (the task's metric): the leading integer equals the prompt's answer.
+
+    Raises ValueError for a prompt that is not arithmetic, whatever the completion (so a
+    reward built on it cannot score, rather than score 0).
+    """
+    answer = answer_of(prompt)
     got = leading_integer(completion)
-    return got is not None and got == answer_of(prompt)
+    return got is not None and got == answer
 
 
 def is_round(prompt: str, completion: str) -> bool:

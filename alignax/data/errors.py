@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+SKIP_HINT = "set --config.data.on_error=skip to skip (and count) rows like this one"
+
 
 class DataError(ValueError):
     """Bad input data. `str(err)` is one line: `file:line: field: message`."""
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 field: str | None = None):
+                 field: str | None = None, skippable: bool = True):
         self.path, self.line, self.field, self.message = path, line, field, message
+        # A malformed row (`data.on_error=skip` drops it), not a wrong file or data kind.
+        self.skippable = skippable and line is not None
         where = ""
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
@@ -34,7 +38,7 @@ class ErrorPolicy:
     def handle(self, err: DataError) -> None:
         if self.on_error == "raise":
             raise err
-        key = err.message.split(":")[0]
+        key = f"{err.field}: {err.message}" if err.field else err.message
         self.skipped[key] = self.skipped.get(key, 0) + 1
         if len(self.examples) < self._keep:
             self.examples.append(str(err))
@@ -46,5 +50,5 @@ class ErrorPolicy:
     def summary(self) -> str:
         if not self.num_skipped:
             return "no rows skipped"
-        parts = ", ".join(f"{n} x {k}" for k, n in sorted(self.skipped.items()))
+        parts = "; ".join(f"{n} x {k!r}" for k, n in sorted(self.skipped.items()))
         return f"skipped {self.num_skipped} malformed rows ({parts}); first: {self.examples[0]}"

@@ -3,7 +3,8 @@
 | format        | fields                                                     | example type |
 |---------------|------------------------------------------------------------|--------------|
 | `pairs`       | `prompt`, `chosen`, `rejected` (strings or chat messages)  | `Pair`       |
-| `hh`          | `chosen`, `rejected` full dialogues, shared prefix = prompt | `Pair`       |
+| `hh`          | `chosen`, `rejected` full dialogues (Anthropic-HH text, or  | `Pair`       |
+|               | message lists as UltraFeedback): shared prefix = prompt     |              |
 | `chat`        | `messages` (list of `{role, content}`), last one assistant  | `SFT`        |
 | `sft`         | `prompt`, `completion`                                     | `SFT`        |
 | `unpaired`    | `prompt`, `completion`, `label` (bool)                      | `Unpaired`   |
@@ -106,8 +107,28 @@ def parse_pairs(record, where, objectives=None) -> Pair:
 HH_ASSISTANT = "\n\nAssistant:"
 
 
+def _conversation_pair(record, where, objectives) -> Pair:
+    """Chosen and rejected conversations (message lists): the prompt is the shared messages
+    before the final assistant turn, which is the completion (UltraFeedback-style rows)."""
+    chosen, rejected = _text(record, "chosen", where), _text(record, "rejected", where)
+    if not isinstance(chosen, list) or not isinstance(rejected, list):
+        raise _err(where, "rejected" if isinstance(chosen, list) else "chosen",
+                   "chosen and rejected must both be message lists or both be text")
+    for field, conv in (("chosen", chosen), ("rejected", rejected)):
+        if conv[-1]["role"] != "assistant" or not conv[-1]["content"].strip():
+            raise _err(where, field, "the last message must be a non-empty assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise _err(where, "rejected", "chosen and rejected conversations differ before their "
+                   "last assistant turn (the shared prompt)")
+    return Pair(chosen[:-1], chosen[-1:], rejected[-1:], _objective(record, where, objectives),
+                where)
+
+
 def parse_hh(record, where, objectives=None) -> Pair:
-    """Anthropic-HH dialogues: the prompt is the shared prefix up to the last `Assistant:`."""
+    """Dialogue pairs: Anthropic-HH text (the prompt is the shared prefix up to the last
+    `Assistant:`), or conversations as message lists (the prompt is the shared messages)."""
+    if isinstance(record.get("chosen"), list) or isinstance(record.get("rejected"), list):
+        return _conversation_pair(record, where, objectives)
     chosen = _text(record, "chosen", where, allow_messages=False)
     rejected = _text(record, "rejected", where, allow_messages=False)
     cut = chosen.rfind(HH_ASSISTANT)

@@ -30,7 +30,7 @@ class Tokenizer(Protocol):
     eos_id: int
     pad_id: int
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
 
 
 def render_chat(tokenizer, messages: list, *, add_generation_prompt: bool) -> str:
@@ -70,34 +70,90 @@ class Limits:
         return self.max_prompt_length + self.max_completion_length
 
 
-def _encode(tokenizer, prompt, completion, limits: Limits, where, field):
+@dataclasses.dataclass
+class TokenStats:
+    """What tokenisation did to the data: lengths seen, and how many sequences were cut.
+
+    Prompts longer than `max_prompt_length` keep their end, completions longer than
+    `max_completion_length` keep their start (TRL's truncation); every cut is counted here
+    and reported, never silent.
+    """
+
+    sequences: int = 0
+    prompts_truncated: int = 0
+    completions_truncated: int = 0
+    longest_prompt: int = 0
+    longest_completion: int = 0
+
+    def record(self, prompt: int, completion: int, limits: Limits) -> None:
+        self.sequences += 1
+        self.longest_prompt = max(self.longest_prompt, prompt)
+        self.longest_completion = max(self.longest_completion, completion)
+        self.prompts_truncated += prompt > limits.max_prompt_length
+        self.completions_truncated += completion > limits.max_completion_length
+
+    def summary(self, limits: Limits) -> str:
+        cut = []
+        if self.prompts_truncated:
+            cut.append(f"{self.prompts_truncated} prompts cut to data.max_prompt_length="
+                       f"{limits.max_prompt_length} (longest {self.longest_prompt})")
+        if self.completions_truncated:
+            cut.append(f"{self.completions_truncated} completions cut to "
+                       f"data.max_completion_length={limits.max_completion_length} (longest "
+                       f"{self.longest_completion})")
+        return (f"{self.sequences} sequences; " + ("; ".join(cut) if cut else
+                "none truncated") + f" (longest prompt {self.longest_prompt}, completion "
+                f"{self.longest_completion} tokens)")
+
+
+def _ids(tokenizer, text: str, *, special: bool) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=special))
+
+
+def _encode(tokenizer, prompt, completion, limits: Limits, where, field, stats):
+    """Prompt and completion ids. Plain-text prompts get the tokenizer's own special tokens
+    (e.g. Llama's BOS); a chat-rendered prompt already holds them (the template writes them).
+    Completions never get them (no BOS in mid-sequence) and end with one EOS: appended, unless
+    a chat template already ended the turn with it (then anything after it is dropped)."""
+    chat = not (isinstance(prompt, str) and isinstance(completion, str))
     prompt_text, completion_text = _prompt_and_completion(tokenizer, prompt, completion, where,
                                                           field)
-    p = list(tokenizer.encode(prompt_text))[-limits.max_prompt_length:] if prompt_text else []
-    c = (list(tokenizer.encode(completion_text)) + [tokenizer.eos_id])
-    if len(c) > limits.max_completion_length:
-        c = c[:limits.max_completion_length]
+    p = _ids(tokenizer, prompt_text, special=not chat) if prompt_text else []
+    c = _ids(tokenizer, completion_text, special=False)
+    eos = tokenizer.eos_id
+    if chat and eos in c:
+        c = c[:len(c) - c[::-1].index(eos)]
+    else:
+        c = c + [eos]
     if len(c) <= 1 and not completion_text.strip():
         path, line = where or (None, None)
         raise DataError("empty completion", path=path, line=line, field=field)
-    return p, c
+    if stats is not None:
+        stats.record(len(p), len(c), limits)
+    return p[len(p) - min(len(p), limits.max_prompt_length):], c[:limits.max_completion_length]
 
 
 def tokenize_examples(examples: Sequence, tokenizer, limits: Limits,
-                      policy: ErrorPolicy | None = None) -> list[dict]:
-    """Token ids per example: `{"prompt", "chosen", "rejected"}` / `{"prompt", "completion"}`."""
+                      policy: ErrorPolicy | None = None,
+                      stats: TokenStats | None = None) -> list[dict]:
+    """Token ids per example: `{"prompt", "chosen", "rejected"}` / `{"prompt", "completion"}`.
+
+    `stats` (a `TokenStats`) counts lengths and truncations, one entry per sequence.
+    """
     policy = policy or ErrorPolicy()
     out = []
     for ex in examples:
         try:
             if isinstance(ex, Pair):
-                p, c = _encode(tokenizer, ex.prompt, ex.chosen, limits, ex.where, "chosen")
-                _, r = _encode(tokenizer, ex.prompt, ex.rejected, limits, ex.where, "rejected")
+                p, c = _encode(tokenizer, ex.prompt, ex.chosen, limits, ex.where, "chosen",
+                               stats)
+                _, r = _encode(tokenizer, ex.prompt, ex.rejected, limits, ex.where, "rejected",
+                               stats)
                 out.append({"prompt": p, "chosen": c, "rejected": r,
                             "objective": -1 if ex.objective is None else ex.objective})
             elif isinstance(ex, SFT | Unpaired):
                 p, c = _encode(tokenizer, ex.prompt, ex.completion, limits, ex.where,
-                               "completion")
+                               "completion", stats)
                 row = {"prompt": p, "completion": c}
                 if isinstance(ex, Unpaired):
                     row["label"] = ex.label

@@ -177,7 +177,8 @@ def token_stats(hidden, lm_head_weight, targets, mask=None, *, entropy: bool = T
 
 
 def completion_logps(model, input_ids, attention_mask, completion_mask, *,
-                     chunk_size: int = 128, with_sq: bool = False, right_padded: bool = True):
+                     chunk_size: int = 128, with_sq: bool = False, right_padded: bool = True,
+                     dropout_rng=None):
     """Per-token log-probs of each next token of `[N, S]` rows, masked to completion tokens.
 
     The model side of every offline loss: one forward, then the chunked `token_stats`.
@@ -190,11 +191,14 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, *,
       right_padded: the batch pads on the right only (as `data.collate` does). Then causal
         attention alone keeps every real position from seeing padding, so the mask is not
         passed: the same numbers, and cuDNN can use its causal flash kernel.
+      dropout_rng: the LoRA-dropout key of a training forward (None = none; ignored when no
+        adapter has dropout).
     Returns:
       (token_logps `[N, S-1]` float32, mask `[N, S-1]` float32[, log_sum_sq_probs `[N, S-1]`]):
       position t scores token t+1; the mask is the completion mask shifted by one.
     """
-    hidden, _ = model.hidden_states(input_ids, None if right_padded else attention_mask)
+    hidden, _ = model.hidden_states(input_ids, None if right_padded else attention_mask,
+                                    **_dropout(dropout_rng))
     mask = completion_mask[:, 1:].astype(jnp.float32)
     stats = token_stats(hidden[:, :-1], model.lm_head_weight(), input_ids[:, 1:], mask,
                         entropy=False, sum_sq=with_sq, chunk_size=chunk_size)
@@ -203,12 +207,109 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, *,
     return stats["logps"], mask, stats["log_sum_sq_probs"]
 
 
-def pair_logps(model, batch, *, chunk_size: int = 128, with_sq: bool = False):
+def _dropout(rng) -> dict:
+    return {} if rng is None else {"dropout_rng": rng}
+
+
+def pair_logps(model, batch, *, chunk_size: int = 128, with_sq: bool = False,
+               dropout_rng=None):
     """`completion_logps` of a `[B, 2, S]` pair batch (chosen, rejected) as one `[2B, S]`
     forward; outputs reshaped to `[B, 2, S-1]`."""
     b, two, s = batch["input_ids"].shape
     flat = lambda x: x.reshape(b * two, s)
     out = completion_logps(model, flat(batch["input_ids"]), flat(batch["attention_mask"]),
                            flat(batch["completion_mask"]), chunk_size=chunk_size,
-                           with_sq=with_sq)
+                           with_sq=with_sq, dropout_rng=dropout_rng)
     return tuple(x.reshape(b, two, s - 1) for x in out)
+
+
+# ------------------------------------------------------------------------------- packed rows
+# Batches of `data.PackedBatchIterator`: several examples per row as segments (see
+# `alignax/data/packing.py` for the layout). Per-token numbers come from the segment-aware
+# forward and the same chunked `token_stats`; per-example sums from a segment sum.
+
+
+def packed_completion_logps(model, batch, *, chunk_size: int = 128, with_sq: bool = False,
+                            dropout_rng=None):
+    """Per-token log-probs of a packed batch, masked to completion tokens.
+
+    One forward with `segment_ids` (tokens attend only within their segment) and the batch's
+    `positions` (restarting per segment), then the chunked `token_stats`.
+
+    Args:
+      model: an NNX `Transformer` (or a module with `hidden_states` and `lm_head_weight`).
+      batch: `input_ids`, `segment_ids`, `positions`, `completion_mask` `[R, W]`.
+      chunk_size: tokens per logits chunk.
+      with_sq: also return log sum_v p_v^2 per token (WPO weights).
+      dropout_rng: as in `completion_logps`.
+    Returns:
+      (token_logps `[R, W-1]` float32, mask `[R, W-1]` float32[, log_sum_sq_probs]): position t
+      scores token t+1, counted when t+1 is a completion token of t's segment, so no token is
+      scored across a segment boundary (as `completion_logps` never scores a row's first one).
+    """
+    ids, seg = batch["input_ids"], batch["segment_ids"]
+    hidden, _ = model.hidden_states(ids, None, positions=batch["positions"], segment_ids=seg,
+                                    **_dropout(dropout_rng))
+    same = (seg[:, 1:] == seg[:, :-1]).astype(jnp.float32)
+    mask = batch["completion_mask"][:, 1:].astype(jnp.float32) * same
+    stats = token_stats(hidden[:, :-1], model.lm_head_weight(), ids[:, 1:], mask,
+                        entropy=False, sum_sq=with_sq, chunk_size=chunk_size)
+    if not with_sq:
+        return stats["logps"], mask
+    return stats["logps"], mask, stats["log_sum_sq_probs"]
+
+
+def segment_sums(values, segment_ids, num_segments: int) -> jax.Array:
+    """Sums of `values` per (row, segment).
+
+    Args:
+      values: `[R, T]` per-token values.
+      segment_ids: `[R, T]` int, 1..num_segments (0 = padding, dropped).
+      num_segments: K, the most segments a row holds.
+    Returns:
+      `[R, K]`: column k is the sum over segment k+1 of each row.
+    """
+    r, t = values.shape
+    k = num_segments + 1
+    ids = jnp.clip(segment_ids, 0, num_segments) + k * jnp.arange(r, dtype=jnp.int32)[:, None]
+    sums = jax.ops.segment_sum(values.reshape(r * t), ids.reshape(r * t), num_segments=r * k)
+    return sums.reshape(r, k)[:, 1:]
+
+
+def examples_from_slots(slot_values, slot_example, num_examples: int) -> jax.Array:
+    """Per-slot values `[R, K, ...]` -> per-example `[N, ...]` in batch order.
+
+    Args:
+      slot_values: `[R, K, ...]`, one entry per example slot of each packed row.
+      slot_example: `[R, K]` int, the batch position of the slot's example, -1 = empty; the
+        filled slots of a (micro-)batch hold N distinct positions (any offset).
+      num_examples: N (static; the leading size of the batch's per-example arrays).
+    Returns:
+      `[N, ...]`, ordered by batch position (the order of the per-example arrays).
+    """
+    key = slot_example.reshape(-1)
+    key = jnp.where(key < 0, jnp.iinfo(jnp.int32).max, key)
+    order = jnp.argsort(key)[:num_examples]
+    return slot_values.reshape(-1, *slot_values.shape[2:])[order]
+
+
+def example_sums(values, batch, *, per_example: int = 1) -> jax.Array:
+    """Per-token values of a packed batch summed per example, in batch order.
+
+    Args:
+      values: `[R, W-1]` per-token values aligned with `packed_completion_logps` (position t
+        belongs to the segment of token t+1).
+      batch: the packed batch (`segment_ids` `[R, W]`, `slot_example` `[R, K]`,
+        `example_index` `[N]`).
+      per_example: segments per example: 1 (SFT rows) or 2 (pairs: chosen, rejected).
+    Returns:
+      `[N]` (per_example=1) or `[N, 2]` float32 sums (e.g. summed log-probs, with the mask
+      completion lengths).
+    """
+    slots = batch["slot_example"]
+    r, k = slots.shape
+    sums = segment_sums(values.astype(jnp.float32), batch["segment_ids"][:, 1:],
+                        k * per_example)
+    out = examples_from_slots(sums.reshape(r, k, per_example), slots,
+                              batch["example_index"].shape[0])
+    return out[:, 0] if per_example == 1 else out

@@ -60,7 +60,11 @@ class ByteTokenizer:
     def __init__(self, chat_template: str | None = None):
         self.chat_template = chat_template
 
-    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False,
+               add_special_tokens: bool = True) -> list[int]:
+        """UTF-8 bytes; BOS / EOS only when asked for (`add_special_tokens` adds none: the
+        byte tokenizer has no automatic special tokens)."""
+        del add_special_tokens
         ids = list(text.encode("utf-8"))
         return [self.bos_id] * add_bos + ids + [self.eos_id] * add_eos
 

@@ -87,14 +87,49 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {
 
 
 def get_reward_function(name: str) -> RewardFn:
-    """A registered reward function, or `regex:PATTERN` for a format reward."""
+    """A reward function by config name: a built-in (`REWARD_FUNCTIONS`), `regex:PATTERN` for
+    a format reward, or `package.module:function`, your own function, imported from the
+    working directory or `PYTHONPATH`.
+
+    Your function takes TRL's signature: `fn(prompts, completions, **kwargs) -> list`, one
+    float per completion (or None where it cannot score one), `kwargs` as the module
+    docstring lists (accept `**kwargs` for the ones you do not use).
+    """
     if name.startswith("regex:"):
         return regex_format(name[len("regex:"):])
+    if ":" in name:
+        return _import(name)
     try:
         return REWARD_FUNCTIONS[name]
     except KeyError:
-        raise ValueError(f"unknown reward function {name!r}; known: "
-                         f"{', '.join(sorted(REWARD_FUNCTIONS))} or regex:PATTERN") from None
+        raise ValueError(f"config field 'reward.functions': unknown reward function {name!r}; "
+                         f"known: {', '.join(sorted(REWARD_FUNCTIONS))}, regex:PATTERN, or "
+                         "package.module:function") from None
+
+
+def _import(name: str) -> RewardFn:
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attr = name.partition(":")
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"config field 'reward.functions': cannot import {module_name!r} for "
+                         f"{name!r} ({e}); put it in the working directory or on PYTHONPATH"
+                         ) from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"config field 'reward.functions': {module_name} has no function "
+                         f"{attr!r}")
+    return fn
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,11 +34,16 @@ class RewardScorer:
       reward_model: `(graphdef, params)` of a `models.RewardModel`, or None.
       length_penalty, missing_eos_penalty: shaping coefficients (0 = off).
       overlong_buffer: DAPO soft over-long buffer in tokens (0 = off), against N.
+      timeout: seconds per reward-function call; > 0 runs the functions concurrently in
+        threads (`rewards.reward_vector`). Failed or timed-out calls give NaN and are counted
+        in `failures` (name -> calls).
+      log: where failures are reported.
     """
 
     def __init__(self, functions: Sequence[tuple[str, RewardFn]], weights: Sequence[float],
                  *, reward_model=None, length_penalty: float = 0.0,
-                 missing_eos_penalty: float = 0.0, overlong_buffer: int = 0):
+                 missing_eos_penalty: float = 0.0, overlong_buffer: int = 0,
+                 timeout: float = 0.0, log=print):
         self.functions = list(functions)
         self.names = [n for n, _ in self.functions] + (["reward_model"] if reward_model else [])
         if not self.names:
@@ -50,12 +55,15 @@ class RewardScorer:
         self.reward_model = reward_model
         self.length_penalty, self.missing_eos = length_penalty, missing_eos_penalty
         self.overlong_buffer = overlong_buffer
+        self.timeout, self.log = timeout, log
+        self.failures: dict[str, int] = {}
 
     def vector(self, prompts, texts, **kwargs) -> np.ndarray:
         """`[N, K]` per-objective rewards of N completions; kwargs as `rewards.reward_vector`
         plus `input_ids`, `attention_mask` `[N, S]` for the reward model."""
         ids, attn = kwargs.pop("input_ids", None), kwargs.pop("attention_mask", None)
-        vec = reward_vector(self.functions, prompts, texts, **kwargs)
+        vec = reward_vector(self.functions, prompts, texts, timeout=self.timeout,
+                            failures=self.failures, log=self.log, **kwargs)
         if self.reward_model is not None:
             scores = np.asarray(score_sequences(*self.reward_model, ids, attn), np.float32)
             vec = np.concatenate([vec, scores[:, None]], axis=1)

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from alignax.data.tokenize import bucket_for, collate
+from alignax.metrics import progress_bar
 
 
 def _row_tokens(row: dict) -> list:
@@ -98,11 +99,13 @@ def _save_json(value, path):
 
 
 def compute_arrays(fn, params, rows: Sequence[dict], *, pad_id: int, buckets: Sequence[int],
-                   batch_size: int) -> dict[str, np.ndarray]:
-    """Runs `fn(params, batch) -> {name: [b, ...]}` over `rows` in order; `{name: [N, ...]}`."""
+                   batch_size: int, desc: str = "", log=None) -> dict[str, np.ndarray]:
+    """Runs `fn(params, batch) -> {name: [b, ...]}` over `rows` in order; `{name: [N, ...]}`
+    (with a progress bar, or start / end lines in `log`)."""
     out: dict[str, list] = {}
-    for n, batch in padded_batches(rows, pad_id=pad_id, buckets=buckets,
-                                   batch_size=batch_size):
+    batches = padded_batches(rows, pad_id=pad_id, buckets=buckets, batch_size=batch_size)
+    for n, batch in progress_bar(batches, total=-(-len(rows) // batch_size), desc=desc,
+                                 log=log):
         for k, v in fn(params, batch).items():
             out.setdefault(k, []).append(np.asarray(jax.device_get(v))[:n])
     return {k: np.concatenate(v, axis=0) for k, v in out.items()}
@@ -120,7 +123,7 @@ def cached_arrays(fn, params, rows: Sequence[dict], *, name: str, cache_dir: str
     return _load_or_compute(
         os.path.join(cache_dir, f"{name}-{key}.npz"),
         lambda: compute_arrays(fn, params, rows, pad_id=pad_id, buckets=buckets,
-                               batch_size=batch_size),
+                               batch_size=batch_size, desc=what or name, log=log),
         load=_load_npz, save=lambda v, tmp: np.savez(tmp, **v),
         valid=lambda a: all(len(v) == len(rows) for v in a.values()),
         what=what or f"{name} ({len(rows)} rows)", log=log)

@@ -11,8 +11,12 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 
-from alignax import data, distributed, sharding
-from alignax.models import from_hf, init_model, load_tokenizer, tiny_config
+import numpy as np
+
+from alignax import data, distributed, metrics, sharding
+from alignax.config import ConfigError
+from alignax.data.tokenize import TokenStats
+from alignax.models import add_lora, from_hf, init_model, load_tokenizer, tiny_config
 
 # The built-in task's example makers, by data kind.
 _TASK_EXAMPLES = {
@@ -35,16 +39,84 @@ def tokenizer_source(model_cfg) -> str:
     return "byte"
 
 
-def build_model(model_cfg, *, seed: int):
-    """The `model` section's transformer: `path` (HF directory) or a tiny `name` + overrides."""
+def check_paths(cfg) -> None:
+    """ConfigError naming the field for a model / tokenizer directory that is not there (before
+    any data is read, so the error is the real one)."""
+    fields = [("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer)]
+    fields += [(f"teacher.{k}", cfg.teacher[k]) for k in ("path", "ref_path", "tokenizer")
+               if "teacher" in cfg]
+    fields += [("reward.model_path", cfg.reward.model_path)] if "reward" in cfg else []
+    for field, path in fields:
+        if path and path != "byte" and not os.path.isdir(path):
+            raise ConfigError(f"config field {field!r}: {path} is not a directory")
+        if path and field.endswith("path") and not os.path.exists(
+                os.path.join(path, "config.json")):
+            raise ConfigError(f"config field {field!r}: {path} has no config.json (not an HF "
+                              "model directory; a train workdir's export is WORKDIR/hf)")
+
+
+# What each data kind can be made from: a conversion, or None (an error).
+def _to_sft(ex):
+    if isinstance(ex, data.SFT):
+        return ex
+    if isinstance(ex, data.Pair):  # SFT on the preferred answers (e.g. HH's chosen text)
+        return data.SFT(ex.prompt, ex.chosen, ex.where)
+    return data.SFT(ex.prompt, ex.completion, ex.where) if ex.label else None
+
+
+def _to_unpaired(ex):
+    if isinstance(ex, data.Unpaired):
+        return [ex]
+    if isinstance(ex, data.Pair):  # TRL's unpairing: chosen desirable, rejected undesirable
+        return [data.Unpaired(ex.prompt, ex.chosen, True, ex.where),
+                data.Unpaired(ex.prompt, ex.rejected, False, ex.where)]
+    raise _kind_error(ex, "unpaired")
+
+
+def _kind_error(ex, kind):
+    path, line = ex.where or (None, None)
+    have = {data.SFT: "prompt/completion (SFT)", data.Unpaired: "prompt/completion/label",
+            data.Pair: "preference pairs"}[type(ex)]
+    need = {"pairs": "preference pairs (prompt/chosen/rejected, HH dialogues or conversations)",
+            "unpaired": "prompt/completion/label rows or preference pairs",
+            "sft": "prompt/completion, chat messages or preference pairs"}[kind]
+    return data.DataError(f"this algorithm trains on {need}; the data holds {have}", path=path,
+                          line=line, skippable=False)
+
+
+def as_kind(examples: Sequence, kind: str) -> list:
+    """Examples as the data kind an algorithm trains on ("sft", "pairs", "unpaired"), converted
+    where that is well defined (pairs -> SFT on chosen, pairs -> KTO rows), else a DataError
+    naming the file and line."""
+    if kind == "sft":
+        return [y for y in map(_to_sft, examples) if y is not None]
+    if kind == "unpaired":
+        return [y for ex in examples for y in _to_unpaired(ex)]
+    for ex in examples:
+        if not isinstance(ex, data.Pair):
+            raise _kind_error(ex, kind)
+    return list(examples)
+
+
+def build_model(model_cfg, *, seed: int, lora=None):
+    """The `model` section's transformer: `path` (HF directory) or a tiny `name` + overrides;
+    with LoRA adapters on it when `lora.rank > 0` (the `lora` section; seeded by `seed`)."""
     if model_cfg.path:
-        return from_hf(model_cfg.path, dtype=model_cfg.dtype or None,
-                       param_dtype=model_cfg.param_dtype or None, remat=model_cfg.remat)
-    overrides = dict(model_cfg.overrides or {})
-    for key in ("dtype", "param_dtype", "remat"):
-        if model_cfg[key]:
-            overrides[key] = model_cfg[key]
-    return init_model(tiny_config(model_cfg.name, **overrides), seed=seed)
+        model = from_hf(model_cfg.path, dtype=model_cfg.dtype or None,
+                        param_dtype=model_cfg.param_dtype or None, remat=model_cfg.remat)
+    else:
+        overrides = dict(model_cfg.overrides or {})
+        for key in ("dtype", "param_dtype", "remat"):
+            if model_cfg[key]:
+                overrides[key] = model_cfg[key]
+        model = init_model(tiny_config(model_cfg.name, **overrides), seed=seed)
+    if lora is not None and lora.rank:
+        try:
+            add_lora(model, rank=lora.rank, alpha=lora.alpha, targets=tuple(lora.targets),
+                     dropout=lora.dropout, seed=seed)
+        except ValueError as e:
+            raise ConfigError(f"config section 'lora': {e}") from None
+    return model
 
 
 @dataclasses.dataclass
@@ -54,6 +126,7 @@ class Rows:
     train: list[dict]
     eval: list[dict]
     eval_examples: list
+    report: dict = dataclasses.field(default_factory=dict)
 
 
 class Context:
@@ -67,21 +140,29 @@ class Context:
       micro: `train.grad_accum`. process_index, process_count: this process's slice of every
         global batch (one slice per process on a multi-host mesh).
       buckets: padded lengths batches are drawn to (`data.buckets`, default powers of two).
+      reference_of: `train state -> reference parameters` (set by the engine once the state
+        is built: `state.ref_params`, or with LoRA the base model computed from the params).
     """
 
     def __init__(self, cfg, workdir: str, *, log: Callable = print):
         self.cfg, self.workdir, self.log = cfg, workdir, log
+        check_paths(cfg)
         self.mesh = sharding.make_mesh(dict(cfg.mesh))
         self.tokenizer = load_tokenizer(tokenizer_source(cfg.model))
         self.limits = data.Limits(cfg.data.max_prompt_length, cfg.data.max_completion_length)
         self.buckets = tuple(cfg.data.buckets) or data.default_buckets(self.limits.max_length)
         self.batch_size = cfg.train.batch_size
+        self.data_report: dict = {}
         self.micro = cfg.train.grad_accum
         self.chunk = cfg.train.logits_chunk
+        self.reference_of: Callable = lambda state: state.ref_params
 
     def check_batch(self, batch_size: int) -> None:
-        """Raises unless `batch_size` rows split over the mesh and the micro-batches."""
-        sharding.check_batch_size(batch_size, mesh=self.mesh, num_microbatches=self.micro)
+        """ConfigError unless `batch_size` rows split over the mesh and the micro-batches."""
+        try:
+            sharding.check_batch_size(batch_size, mesh=self.mesh, num_microbatches=self.micro)
+        except ValueError as e:
+            raise ConfigError(f"config field 'train.batch_size': {e}") from None
 
     @property
     def process_slice(self) -> tuple[int, int]:
@@ -92,8 +173,17 @@ class Context:
         return rows.start // n_local, self.batch_size // n_local
 
     def model(self):
-        """The policy's transformer (`model` section), seeded by `train.seed`."""
-        return build_model(self.cfg.model, seed=self.cfg.train.seed)
+        """The policy's transformer (`model` section, with `lora` adapters when asked for),
+        seeded by `train.seed`; its positions must hold the longest row the data limits
+        allow."""
+        model = build_model(self.cfg.model, seed=self.cfg.train.seed, lora=self.cfg.lora)
+        positions = model.config.max_position_embeddings
+        if self.limits.max_length > positions:
+            raise ConfigError(
+                f"config fields 'data.max_prompt_length' + 'data.max_completion_length' = "
+                f"{self.limits.max_length} tokens, more than the model's "
+                f"max_position_embeddings={positions}; lower them")
+        return model
 
     # ------------------------------------------------------------------------- data
     def read_examples(self, path: str, policy: data.ErrorPolicy, *, objectives=None,
@@ -107,23 +197,32 @@ class Context:
 
     def examples(self, kind: str, policy: data.ErrorPolicy, *, objectives=None,
                  expand: Callable | None = None, task: Callable | None = None):
-        """`(train, eval)` examples from `data.path` (+ `eval_path` or the last
-        `eval_fraction`), or from the built-in task (`task(n, seed)`, default the arithmetic
-        task's examples of `kind`: "sft", "pairs" or "unpaired")."""
+        """`(train, eval)` examples of `kind` ("sft", "pairs", "unpaired", or "prompts": any)
+        from `data.path` (+ `eval_path`, or a random `eval_fraction` of it), converted to the
+        kind where that is well defined (`as_kind`), or from the built-in task (`task(n,
+        seed)`, default the arithmetic task's examples of `kind`)."""
         d = self.cfg.data
         if d.path:
             train = self.read_examples(d.path, policy, objectives=objectives, expand=expand)
             if d.eval_path:
-                return train, self.read_examples(d.eval_path, policy, objectives=objectives,
-                                                 expand=expand)
-            n_eval = int(len(train) * d.eval_fraction)
-            return train[:len(train) - n_eval], train[len(train) - n_eval:]
+                evals = self.read_examples(d.eval_path, policy, objectives=objectives,
+                                           expand=expand)
+            else:  # a random held-out share (seed train.seed), not the file's tail
+                n_eval = int(len(train) * d.eval_fraction)
+                order = np.random.default_rng([self.cfg.train.seed, 7]).permutation(len(train))
+                held = set(order[:n_eval].tolist())
+                train, evals = ([x for i, x in enumerate(train) if i not in held],
+                                [train[i] for i in sorted(held)])
+            if kind in ("sft", "pairs", "unpaired"):
+                train, evals = as_kind(train, kind), as_kind(evals, kind)
+            return train, evals
         if task is None:
             if d.task != "arithmetic":
                 raise ValueError(f"config field 'data.task': unknown task {d.task!r}; set "
                                  "data.path to a local file or use task='arithmetic'")
             offsets = tuple(d.error_offsets) or data.arithmetic.ERROR_OFFSETS
-            task = lambda n, seed: _TASK_EXAMPLES[kind](n, seed, d, offsets)
+            make = _TASK_EXAMPLES.get(kind, _TASK_EXAMPLES["pairs"])  # prompts: the pairs'
+            task = lambda n, seed: make(n, seed, d, offsets)
         seed = self.cfg.train.seed
         return task(d.num_train, seed), task(d.num_eval, seed + 10_000)
 
@@ -135,11 +234,25 @@ class Context:
         """
         policy = data.ErrorPolicy(self.cfg.data.on_error)
         train_ex, eval_ex = examples(policy)
-        rows = data.tokenize_examples(train_ex, self.tokenizer, self.limits, policy)
-        eval_rows = data.tokenize_examples(eval_ex, self.tokenizer, self.limits, policy)
+        stats = TokenStats()
+        self.log(f"data: tokenising {len(train_ex)} training and {len(eval_ex)} evaluation "
+                 "examples")
+        bar = lambda ex: metrics.progress_bar(ex, total=len(ex), desc="tokenising",
+                                              unit="examples")  # a bar on a terminal only
+        rows = data.tokenize_examples(bar(train_ex), self.tokenizer, self.limits, policy,
+                                      stats)
+        eval_rows = data.tokenize_examples(eval_ex, self.tokenizer, self.limits, policy, stats)
+        report = {"train_rows": len(rows), "eval_rows": len(eval_rows),
+                  "sequences": stats.sequences, "prompts_truncated": stats.prompts_truncated,
+                  "completions_truncated": stats.completions_truncated,
+                  "longest_prompt": stats.longest_prompt,
+                  "longest_completion": stats.longest_completion,
+                  "rows_skipped": policy.num_skipped}
+        self.log(f"data: {stats.summary(self.limits)}")
         if policy.num_skipped:
             self.log(f"data: {policy.summary()}")
-        return Rows(rows, eval_rows, list(eval_ex))
+        self.data_report = report
+        return Rows(rows, eval_rows, list(eval_ex), report)
 
     def batches(self, rows: Sequence[dict], *, shuffle: bool = True,
                 iterator: type = data.BatchIterator, **kwargs) -> data.BatchIterator:

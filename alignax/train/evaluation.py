@@ -4,10 +4,11 @@ accuracy) and of exported models (`alignax eval`).
 * `mean_eval_metrics`: the loss function's loss and metrics averaged over evaluation batches.
 * `task_accuracy`: greedy accuracy on the built-in arithmetic task (the metric of every table
   in `experiments/README.md`).
-* `task_scores`, `pair_scores`: `alignax eval` of HF exports: task accuracy on held-out draws,
-  or preference-pair metrics on a local pairs file (summed log-probs of chosen and rejected,
-  the fraction where chosen is more likely, and, given the reference, DPO's implicit rewards
-  `beta * (log pi - log pi_ref)` with TRL's names).
+* `task_scores`, `pair_scores`, `reward_scores`: `alignax eval` of HF exports: task accuracy
+  on held-out draws, or preference-pair metrics on a local pairs file (summed log-probs of
+  chosen and rejected, the fraction where chosen is more likely, and, given the reference,
+  DPO's implicit rewards `beta * (log pi - log pi_ref)` with TRL's names), or a reward model's
+  accuracy and margins on the pairs.
 """
 
 from __future__ import annotations
@@ -20,16 +21,23 @@ import numpy as np
 from flax import nnx
 
 from alignax import data, losses
-from alignax.models import from_hf, load_tokenizer, pair_logps
+from alignax.metrics import progress_bar
+from alignax.models import from_hf, load_reward_model, load_tokenizer, pair_logps
 from alignax.sampling import decode_completions, generate
 from alignax.train.caches import compute_arrays
 
 
-def eval_fn_for(loss_fn) -> Callable:
-    """The loss function jitted as `(state, batch) -> (loss, metrics)` for evaluation."""
-    return jax.jit(lambda st, b: loss_fn(st.params, b, jax.random.PRNGKey(0),
-                                         **({"ref_params": st.ref_params}
-                                            if st.ref_params is not None else {})))
+def eval_fn_for(loss_fn, reference_fn=None) -> Callable:
+    """The loss function jitted as `(state, batch) -> (loss, metrics)` for evaluation;
+    `reference_fn(params)`, if given, computes the reference instead of `state.ref_params`
+    (LoRA: the base model)."""
+
+    def fn(st, b):
+        ref = st.ref_params if reference_fn is None else reference_fn(st.params)
+        return loss_fn(st.params, b, None,  # no key: deterministic (no LoRA dropout)
+                       **({"ref_params": ref} if ref is not None else {}))
+
+    return jax.jit(fn)
 
 
 def mean_eval_metrics(eval_fn, state, batches: Iterator[dict], *, num_batches: int, mesh,
@@ -42,7 +50,7 @@ def mean_eval_metrics(eval_fn, state, batches: Iterator[dict], *, num_batches: i
     averaged weighted by it, so a batch without those examples (metric 0) does not dilute them.
     """
     out: dict[str, list] = {}
-    for _ in range(num_batches):
+    for _ in progress_bar(range(num_batches), total=num_batches, desc="eval"):
         with jax.set_mesh(mesh):
             loss, mets = eval_fn(state, next(batches))
         for k, v in dict(mets, loss=loss).items():
@@ -100,19 +108,54 @@ def summed_pair_logps_fn(graphdef, *, chunk_size: int = 128):
     return jax.jit(fn)
 
 
-def pair_scores(model_dir: str, data_path: str, *, reference_dir: str | None = None,
-                beta: float = 0.1, batch_size: int = 16, max_prompt_length: int = 256,
-                max_completion_length: int = 256, tokenizer: str | None = None,
-                on_error: str = "raise") -> dict[str, float]:
-    """Preference metrics of the policy in `model_dir` on the pairs of `data_path`."""
-    tok = tokenizer_for(model_dir, tokenizer)
+def _pair_rows(tok, data_path: str, *, max_prompt_length: int, max_completion_length: int,
+               on_error: str):
     policy = data.ErrorPolicy(on_error)
     examples = data.parse_records(data.read_records(data_path, policy=policy), policy=policy)
     if not examples or not all(isinstance(e, data.Pair) for e in examples):
         raise ValueError(f"{data_path}: expected preference pairs (prompt/chosen/rejected or a "
                          "dialogue pair format)")
     limits = data.Limits(max_prompt_length, max_completion_length)
-    rows = data.tokenize_examples(examples, tok, limits, policy)
+    return data.tokenize_examples(examples, tok, limits, policy), limits, policy
+
+
+def reward_scores(model_dir: str, data_path: str, *, batch_size: int = 16,
+                  max_prompt_length: int = 256, max_completion_length: int = 256,
+                  tokenizer: str | None = None, on_error: str = "raise") -> dict[str, float]:
+    """TRL's reward-model metrics (`accuracy`, `margin`, min / mean / max reward) of the reward
+    model export in `model_dir` (trunk + reward head) on the pairs of `data_path`."""
+    tok = tokenizer_for(model_dir, tokenizer)
+    rows, limits, policy = _pair_rows(tok, data_path, max_prompt_length=max_prompt_length,
+                                      max_completion_length=max_completion_length,
+                                      on_error=on_error)
+    graphdef, params = nnx.split(load_reward_model(model_dir))
+
+    @jax.jit
+    def fn(p, batch):
+        b, two, s = batch["input_ids"].shape
+        rm = nnx.merge(graphdef, p)
+        return {"scores": rm(batch["input_ids"].reshape(b * two, s),
+                             batch["attention_mask"].reshape(b * two, s)).reshape(b, two)}
+
+    scores = compute_arrays(fn, params, rows, pad_id=tok.pad_id,
+                            buckets=data.default_buckets(limits.max_length),
+                            batch_size=batch_size)["scores"]
+    res = {"num_pairs": float(len(rows)),
+           **{k: float(v) for k, v in losses.reward_metrics(scores[:, 0], scores[:, 1]).items()}}
+    if policy.num_skipped:
+        res["skipped"] = float(policy.num_skipped)
+    return res
+
+
+def pair_scores(model_dir: str, data_path: str, *, reference_dir: str | None = None,
+                beta: float = 0.1, batch_size: int = 16, max_prompt_length: int = 256,
+                max_completion_length: int = 256, tokenizer: str | None = None,
+                on_error: str = "raise") -> dict[str, float]:
+    """Preference metrics of the policy in `model_dir` on the pairs of `data_path`."""
+    tok = tokenizer_for(model_dir, tokenizer)
+    rows, limits, policy = _pair_rows(tok, data_path, max_prompt_length=max_prompt_length,
+                                      max_completion_length=max_completion_length,
+                                      on_error=on_error)
     models = {"policy": model_dir, **({"ref": reference_dir} if reference_dir else {})}
     sums = {}
     for name, path in models.items():

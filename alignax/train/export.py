@@ -22,12 +22,14 @@ from flax import nnx
 from alignax import checkpoint
 from alignax.train.context import tokenizer_source
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "chat_template.json")
 
 
 def export_tokenizer(cfg, export: str) -> None:
-    """Copies the run's HF tokenizer files (`context.tokenizer_source`) into the export, so the
-    export alone can be sampled, evaluated or trained from. Byte tokenizer: nothing."""
+    """Copies the run's HF tokenizer files (`context.tokenizer_source`: tokenizer.json, its
+    config and special tokens, the chat template in whichever file holds it) into the export,
+    so the export alone can be sampled, evaluated or trained from. Byte tokenizer: nothing."""
     src = tokenizer_source(cfg.model)
     if src == "byte" or not os.path.isdir(src) or os.path.abspath(src) == os.path.abspath(export):
         return

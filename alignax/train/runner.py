@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alignax import checkpoint, distributed, metrics
+from alignax import checkpoint, config, distributed, metrics
+from alignax.models import lora
 from alignax.train.context import Context
 from alignax.train.evaluation import eval_fn_for, mean_eval_metrics
 from alignax.train.export import export_tokenizer
@@ -55,7 +56,12 @@ class Plan:
       data: the run's resumable data state: `state_dict()` / `load_state_dict(d)` (checkpointed
         every save); offline, also the iterator of training batches.
       export: `(params on the host, directory)` -> writes the HF export; None = no export.
-      reference: frozen parameters in the state: "copy" (of `params`), `() -> params`, or None.
+      reference: frozen parameters in the state: "copy" (of `reference_part(params)`),
+        `() -> params`, or None. A LoRA run (`lora.rank > 0`) stores no copy: its reference is
+        the base model, the parameters with the adapters switched off
+        (`models.lora.lora_base_params`), computed where it is used.
+      reference_part: `params -> the part "copy" copies` (e.g. the policy of a policy +
+        critic tree); None = all of `params`.
       ref_dtype: cast the reference's floating leaves to this dtype ("" = as they are).
       optimizer: default: the `optim` section's AdamW.
       updates_per_step: optimizer updates per training step (the schedule's length is
@@ -76,6 +82,7 @@ class Plan:
     data: Any
     export: Callable[[Any, str], None] | None = None
     reference: str | Callable[[], Any] | None = None
+    reference_part: Callable[[Any], Any] | None = None
     ref_dtype: str = ""
     optimizer: optax.GradientTransformation | None = None
     updates_per_step: int = 1
@@ -92,9 +99,26 @@ class Plan:
 # ------------------------------------------------------------------------------- files
 
 def write_config(cfg, workdir: str) -> None:
-    """Creates `workdir` and writes the resolved config as `config.json`."""
+    """Creates `workdir` and writes the resolved config as `config.json`.
+
+    A workdir that already holds checkpoints was trained with the `config.json` there: a
+    config that differs is a `ConfigError` listing the differences, unless
+    `resume.allow_changes` (e.g. more steps); the new config is then written.
+    """
+    path = os.path.join(workdir, "config.json")
+    ckpts = os.path.join(workdir, "checkpoints")
+    if (os.path.exists(path) and os.path.isdir(ckpts)
+            and any(name.isdigit() for name in os.listdir(ckpts))):
+        with open(path, encoding="utf-8") as f:
+            changes = config.diff(json.load(f), json.loads(cfg.to_json()))
+        if changes and not cfg.resume.allow_changes:
+            raise config.ConfigError(
+                f"{workdir} holds checkpoints of a run with another config ({len(changes)} "
+                f"changes: {'; '.join(changes[:8])}{'; ...' if len(changes) > 8 else ''}); "
+                "resume with the same config, use another workdir, or set "
+                "--config.resume.allow_changes=True")
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8") as f:
         f.write(cfg.to_json(indent=2))
 
 
@@ -141,6 +165,19 @@ def restore_or_init(manager, params0, tx, *, seed: int, workdir: str, log=print,
     return restored.state, shardings, restored.step, restored.data_state
 
 
+def _reference_and_trainable(plan: Plan):
+    """`(trainable, reference, reference_fn)` for the state and the step: with LoRA adapters
+    in `plan.params`, only they (and small heads) train, and a "copy" reference becomes the
+    base model computed from the parameters (no stored copy)."""
+    trainable = lora.lora_trainable(plan.params)
+    if all(jax.tree.leaves(trainable)):
+        return None, plan.reference, None
+    if plan.reference != "copy":
+        return trainable, plan.reference, None
+    part = plan.reference_part or (lambda p: p)
+    return trainable, None, lambda params: lora.lora_base_params(part(params))
+
+
 def check_finite(loss: float, step: int, *, manager, workdir: str) -> None:
     """Raises `TrainingError` naming the last good checkpoint when `loss` is NaN or inf."""
     if math.isfinite(loss):
@@ -170,9 +207,9 @@ def offline_step(ctx: Context, plan: Plan) -> Callable[[Update], Step]:
     return make
 
 
-def _evaluator(ctx: Context, plan: Plan):
+def _evaluator(ctx: Context, plan: Plan, reference_fn=None):
     """`state -> eval metrics`: loss-fn metrics over held-out batches plus `plan.evaluate`."""
-    eval_fn = eval_fn_for(plan.loss_fn)
+    eval_fn = eval_fn_for(plan.loss_fn, reference_fn)
 
     def evaluate(state) -> dict[str, float]:
         res = {}
@@ -202,8 +239,11 @@ def train_steps(ctx: Context, *, state, start: int, step: Step, data, manager,
     cfg = ctx.cfg
     steps, eval_every = cfg.train.steps, cfg.train.eval_every
     config_json = json.loads(cfg.to_json())
-    writer = metrics.MetricsWriter(ctx.workdir, resume_step=start)
-    progress = metrics.Progress(steps, every=cfg.train.log_every)
+    wandb = (dict(project=cfg.logging.wandb_project, name=cfg.logging.wandb_name,
+                  config=config_json) if cfg.logging.wandb else None)
+    writer = metrics.MetricsWriter(ctx.workdir, resume_step=start, wandb=wandb)
+    seen = writer.last_row().get("num_tokens") or 0 if start else 0
+    progress = metrics.Progress(steps, every=cfg.train.log_every, start=start)
     t0 = time.perf_counter()
     last_loss, row = float("nan"), {}
     with checkpoint.PreemptionGuard() as guard:
@@ -211,10 +251,17 @@ def train_steps(ctx: Context, *, state, start: int, step: Step, data, manager,
             state, row, tokens = step(state)
             last_loss = row["loss"]
             check_finite(last_loss, s, manager=manager, workdir=ctx.workdir)
-            rate = progress.update(s, loss=last_loss, tokens=tokens)
+            rate = progress.update(s, loss=last_loss, tokens=tokens,
+                                   extra={k: row[k] for k in ("reward",) if k in row})
             row.setdefault("tokens_per_second", rate)
+            seen += tokens
+            row["num_tokens"] = seen  # cumulative, as TRL logs it
             if eval_every and (s % eval_every == 0 or s == steps):
-                row.update({f"eval/{k}": v for k, v in evaluate(state).items()})
+                res = evaluate(state)
+                if res:
+                    ctx.log(f"eval at step {s}: " + ", ".join(f"{k}={v:.4g}" for k, v in
+                                                              sorted(res.items())))
+                row.update({f"eval/{k}": v for k, v in res.items()})
             writer.write(s, row)
             final = s == steps
             checkpoint.save_checkpoint(manager, step=s, state=state,
@@ -250,16 +297,25 @@ def run(cfg, workdir: str, setup: Callable[[Context], Plan], *, log=print,
     manager = checkpoint.checkpoint_manager(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
         every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep)
+    trainable, reference, reference_fn = _reference_and_trainable(plan)
+    ctx.reference_of = ((lambda st: st.ref_params) if reference_fn is None
+                        else (lambda st: reference_fn(st.params)))
     state, shardings, start, data_state = restore_or_init(
         manager, plan.params, tx, seed=cfg.train.seed, workdir=workdir, log=log,
-        mesh=ctx.mesh, reference=plan.reference,
-        ref_dtype=jnp.dtype(plan.ref_dtype) if plan.ref_dtype else None)
+        mesh=ctx.mesh, reference=reference, reference_part=plan.reference_part,
+        trainable=trainable, ref_dtype=jnp.dtype(plan.ref_dtype) if plan.ref_dtype else None)
+    summary_path = os.path.join(workdir, "summary.json")
+    if start >= steps and os.path.exists(summary_path):
+        log(f"{workdir} already holds all {steps} steps; nothing to do (summary.json kept)")
+        with open(summary_path, encoding="utf-8") as f:
+            return json.load(f)
     if data_state is not None:
         plan.data.load_state_dict(data_state)
     update = make_train_step(plan.loss_fn, tx, mesh=ctx.mesh, state_shardings=shardings,
-                             num_microbatches=ctx.micro, learning_rate_fn=lr_fn)
+                             num_microbatches=ctx.micro, learning_rate_fn=lr_fn,
+                             trainable=trainable, reference_fn=reference_fn)
     step = (plan.step or offline_step(ctx, plan))(update)
-    evaluate = _evaluator(ctx, plan)
+    evaluate = _evaluator(ctx, plan, reference_fn)
     eval_every = cfg.train.eval_every
 
     def before() -> dict[str, Any]:
@@ -269,15 +325,16 @@ def run(cfg, workdir: str, setup: Callable[[Context], Plan], *, log=print,
         return out
 
     history = before_training(workdir, start, before)
-    if start == 0 and "eval_before" in history:
-        log(f"before training: {history['eval_before']}")
+    if start == 0 and history.get("eval_before"):
+        log("eval before training: " + ", ".join(f"{k}={v:.4g}" for k, v in
+                                                   sorted(history["eval_before"].items())))
     result = train_steps(ctx, state=state, start=start, step=step, data=plan.data,
                          manager=manager, evaluate=evaluate)
     if "preempted_at" in result:
         return result
     state, last_eval = result.pop("state"), result.pop("last_eval")
     summary = {"algorithm": cfg.algorithm, **result, **plan.summary, **(extra_summary or {}),
-               **history}
+               **history, **({"data": ctx.data_report} if ctx.data_report else {})}
     if eval_every:
         summary["eval_after"] = last_eval if start < steps else evaluate(state)
     if plan.finish is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
+from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from alignax import sharding
@@ -30,8 +30,9 @@ class TrainState:
 
     Attributes:
       step: `[]` int32, optimizer steps taken.
-      params: trainable parameters (pytree, float32 master weights by default).
-      opt_state: `tx.init(params)`.
+      params: the parameters (pytree, float32 master weights by default); with a
+        `trainable` mask only part of them is updated (e.g. LoRA adapters on a frozen base).
+      opt_state: `tx.init(trainable_part(params, trainable))`.
       rng: `[2]` uint32 key data (`jax.random.key_data` of a threefry key): a plain array, so
         checkpoints hold it like any other leaf. The step splits it once per step.
       ref_params: frozen reference / teacher parameters, or None. Never differentiated or
@@ -43,6 +44,31 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     ref_params: Any = None
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def trainable_part(params, trainable) -> Any:
+    """`params` with the frozen entries of `trainable` (a pytree of bools over the
+    parameters' variables, True = updated) replaced by None; `trainable=None`: all of it."""
+    if trainable is None:
+        return params
+    return jax.tree.map(lambda v, keep: v if keep else None, params, trainable,
+                        is_leaf=_is_variable)
+
+
+def frozen_part(params, trainable) -> Any:
+    """The complement of `trainable_part`: the frozen entries, None for the trainable ones."""
+    return jax.tree.map(lambda v, keep: None if keep else v, params, trainable,
+                        is_leaf=_is_variable)
+
+
+def join_parts(trainable_params, frozen_params) -> Any:
+    """The full parameters from `trainable_part` and `frozen_part`."""
+    return jax.tree.map(lambda t, f: f if t is None else t, trainable_params, frozen_params,
+                        is_leaf=lambda x: x is None or _is_variable(x))
 
 
 def cast_floating(tree, dtype) -> Any:
@@ -83,7 +109,8 @@ def train_state_shardings(abstract_state: TrainState, *, mesh: Mesh, names=None,
 def init_train_state(init_params: Callable[[], Any], tx: optax.GradientTransformation, *,
                      mesh: Mesh, seed: int = 0, names=None, rules: sharding.Rules | None = None,
                      reference: str | Callable[[], Any] | None = None, ref_names=None,
-                     ref_dtype=None) -> tuple[TrainState, TrainState]:
+                     ref_dtype=None, trainable=None, reference_part=None
+                     ) -> tuple[TrainState, TrainState]:
     """Creates a sharded train state directly on the devices.
 
     Args:
@@ -98,14 +125,17 @@ def init_train_state(init_params: Callable[[], Any], tx: optax.GradientTransform
         DPO reference), or `() -> ref_params` (e.g. a teacher model's parameters).
       ref_names: logical names of a callable reference's parameters (default: metadata).
       ref_dtype: cast the reference's floating leaves to this dtype (e.g. `jnp.bfloat16`).
+      trainable: pytree of bools over the parameters' variables (True = updated; the
+        optimizer state covers only these), or None (all).
+      reference_part: `params -> the part a "copy" reference copies`; None = all.
     Returns:
       `(state, shardings)`: the state, and a `TrainState` of its shardings (for the step's
       in/out shardings and for checkpoint restores).
     """
-    init = _state_fn(init_params, tx, seed=seed, reference=reference, ref_dtype=ref_dtype)
+    init = _state_fn(init_params, tx, seed=seed, reference=reference, ref_dtype=ref_dtype,
+                     trainable=trainable, reference_part=reference_part)
     _, shardings = _abstract(init, mesh=mesh, names=names, rules=rules,
-                             ref_names=names if reference == "copy" and ref_names is None
-                             else ref_names)
+                             ref_names=_ref_names(names, ref_names, reference, reference_part))
     state = sharding.init_sharded(init, mesh=mesh, shardings=shardings)
     return state, shardings
 
@@ -113,20 +143,23 @@ def init_train_state(init_params: Callable[[], Any], tx: optax.GradientTransform
 def abstract_train_state(init_params: Callable[[], Any], tx: optax.GradientTransformation, *,
                          mesh: Mesh, names=None, rules: sharding.Rules | None = None,
                          reference: str | Callable[[], Any] | None = None, ref_names=None,
-                         ref_dtype=None) -> tuple[TrainState, TrainState]:
+                         ref_dtype=None, trainable=None, reference_part=None
+                         ) -> tuple[TrainState, TrainState]:
     """`(abstract_state, shardings)`: the restore target on `mesh`, without allocating.
 
     Same arguments as `init_train_state`; the leaves are `ShapeDtypeStruct`s carrying their
     target `NamedSharding`, ready for `alignax.checkpoint.restore_checkpoint`.
     """
-    init = _state_fn(init_params, tx, seed=0, reference=reference, ref_dtype=ref_dtype)
+    init = _state_fn(init_params, tx, seed=0, reference=reference, ref_dtype=ref_dtype,
+                     trainable=trainable, reference_part=reference_part)
     abstract, shardings = _abstract(init, mesh=mesh, names=names, rules=rules,
-                                    ref_names=names if reference == "copy" and ref_names is None
-                                    else ref_names)
+                                    ref_names=_ref_names(names, ref_names, reference,
+                                                         reference_part))
     return sharding.abstract_like(abstract, shardings), shardings
 
 
-def _state_fn(init_params, tx, *, seed, reference, ref_dtype) -> Callable[[], TrainState]:
+def _state_fn(init_params, tx, *, seed, reference, ref_dtype, trainable=None,
+              reference_part=None) -> Callable[[], TrainState]:
     if reference is not None and reference != "copy" and not callable(reference):
         raise ValueError(f"reference must be None, 'copy' or a callable, got {reference!r}")
 
@@ -134,14 +167,22 @@ def _state_fn(init_params, tx, *, seed, reference, ref_dtype) -> Callable[[], Tr
         params = init_params()
         ref = None
         if reference == "copy":
-            ref = cast_floating(params, ref_dtype)
+            ref = cast_floating(params if reference_part is None else reference_part(params),
+                                ref_dtype)
         elif reference is not None:
             ref = cast_floating(reference(), ref_dtype)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)),
-                          ref_params=ref)
+                          opt_state=tx.init(trainable_part(params, trainable)),
+                          rng=jax.random.key_data(jax.random.key(seed)), ref_params=ref)
 
     return init
+
+
+def _ref_names(names, ref_names, reference, reference_part):
+    """A whole-params "copy" reference is named like the params; else as given / metadata."""
+    if reference == "copy" and reference_part is None and ref_names is None:
+        return names
+    return ref_names
 
 
 def _abstract(init, *, mesh, names, rules, ref_names):

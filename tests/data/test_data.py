@@ -14,7 +14,8 @@ class CharTokenizer:
 
     pad_id, eos_id = 0, 1
 
-    def encode(self, text):
+    def encode(self, text, *, add_special_tokens=True):
+        del add_special_tokens  # no special tokens to add
         return [ord(ch) + 3 for ch in text]
 
 
@@ -104,8 +105,45 @@ def test_unreadable_and_unknown_files(tmp_path):
     with pytest.raises(data.DataError, match="no such file"):
         data.read_records(str(tmp_path / "missing.jsonl"))
     (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(data.DataError, match="unknown data file type '.csv'"):
+    with pytest.raises(data.DataError, match="unknown data file type 'x.csv'"):
         data.read_records(str(tmp_path / "x.csv"))
+    with pytest.raises(data.DataError, match="no data files"):
+        data.read_records(str(tmp_path))  # a directory holding no .jsonl / .json / .parquet
+
+
+def test_gzip_json_array_and_shard_directory(tmp_path):
+    # The same records as .jsonl.gz, as one JSON array (.json), and as a directory of shards.
+    import gzip
+
+    recs = [{"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": "0"} for i in range(5)]
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in recs[:3]))
+    (tmp_path / "b.json").write_text(json.dumps(recs[3:]))
+    got = data.read_records(str(tmp_path / "a.jsonl.gz"))
+    assert [r for _, r in got] == recs[:3] and got[2][0] == (str(tmp_path / "a.jsonl.gz"), 3)
+    got = data.read_records(str(tmp_path / "b.json"))
+    assert [r for _, r in got] == recs[3:] and got[1][0] == (str(tmp_path / "b.json"), 2)
+    assert [r for _, r in data.read_records(str(tmp_path))] == recs  # shards in name order
+
+
+def test_conversational_pairs_share_the_prompt():
+    user = {"role": "user", "content": "2+3?"}
+    rec = {"chosen": [user, {"role": "assistant", "content": "5"}],
+           "rejected": [user, {"role": "assistant", "content": "6"}]}
+    (pair,) = data.parse_records([(("f", 1), rec)])
+    assert pair.prompt == [user] and pair.chosen[0]["content"] == "5"
+    bad = dict(rec, rejected=[{"role": "user", "content": "other"}, rec["rejected"][1]])
+    with pytest.raises(data.DataError, match=r"f:1: field 'rejected': chosen and rejected "
+                                             r"conversations differ"):
+        data.parse_records([(("f", 1), bad)])
+
+
+def test_skip_summary_keeps_whole_reasons():
+    # A reason with a colon in it ("'Assistant:' turn") is kept whole, with its field.
+    policy = data.ErrorPolicy("skip")
+    rec = {"chosen": "\n\nHuman: hi\n\nAssistant:", "rejected": "\n\nHuman: hi\n\nAssistant: x"}
+    assert data.parse_records([(("f", 1), rec), (("f", 2), rec)], policy=policy) == []
+    assert policy.skipped == {"chosen: empty completion after the last 'Assistant:' turn": 2}
 
 
 def test_parquet_source(tmp_path):

@@ -24,6 +24,7 @@ from flax import nnx
 from alignax import data, losses, rewards, sharding
 from alignax.algorithms.base import task_evaluator
 from alignax.algorithms.online import rollout
+from alignax.config import ConfigError
 from alignax.models import Critic, to_hf
 from alignax.sampling import sequences
 from alignax.train.context import Context
@@ -98,7 +99,8 @@ def sampling_options(ro, tokenizer, *, prompt_width: int) -> rollout.SamplingOpt
         pad_id=tokenizer.pad_id, prompt_width=prompt_width)
 
 
-def rollout_metrics(r: dict, names, *, task: bool) -> dict[str, float]:
+def rollout_metrics(r: dict, names, *, task: bool,
+                    failures: dict[str, int] | None = None) -> dict[str, float]:
     """TRL-named reward and completion metrics of a rollout (host side)."""
     reward = r["rewards"].astype(np.float64)
     lengths, term = r["lengths"], r["terminated"]
@@ -113,6 +115,7 @@ def rollout_metrics(r: dict, names, *, task: bool) -> dict[str, float]:
            "completions/mean_terminated_length": float(lengths[term].mean()) if term.any()
            else float("nan")}
     out.update(rewards.vector_metrics(r["reward_vector"].reshape(-1, len(names)), names))
+    out.update({f"rewards/{name}/failures": float(n) for name, n in (failures or {}).items()})
     if task:  # prompts the checker cannot read (None) are left out
         out["task_accuracy"] = float(np.nanmean(np.asarray(rewards.arithmetic_correct(
             list(np.repeat(r["prompts"], g)), list(r["texts"].reshape(-1))), dtype=float)))
@@ -154,16 +157,21 @@ class Rollouts:
         self.key = jax.random.wrap_key_data(np.asarray(state["rng"], np.uint32))
 
 
-def scorer_for(cfg, reward_model) -> rewards.RewardScorer:
+def scorer_for(cfg, reward_model, *, log=print) -> rewards.RewardScorer:
     """The `reward` section's scorer (functions, then the reward model if any)."""
     rc = cfg.reward
     names, weights = list(rc.functions), list(rc.weights)
     if reward_model is not None and len(weights) == len(names):
         weights.append(rc.model_weight)
-    return rewards.RewardScorer([(n, rewards.get_reward_function(n)) for n in names], weights,
-                                reward_model=reward_model, length_penalty=rc.length_penalty,
+    try:
+        functions = [(n, rewards.get_reward_function(n)) for n in names]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return rewards.RewardScorer(functions, weights, reward_model=reward_model,
+                                length_penalty=rc.length_penalty,
                                 missing_eos_penalty=rc.missing_eos_penalty,
-                                overlong_buffer=rc.overlong_buffer)
+                                overlong_buffer=rc.overlong_buffer, timeout=rc.timeout_seconds,
+                                log=log)
 
 
 def setup_for(spec: Online):
@@ -180,7 +188,7 @@ def setup_for(spec: Online):
                              f"rollout.num_minibatches={ro.num_minibatches}")
         ctx.check_batch(b // ro.num_minibatches)
         policy = data.ErrorPolicy(cfg.data.on_error)
-        train_ex, eval_ex = ctx.examples("pairs", policy)
+        train_ex, eval_ex = ctx.examples("prompts", policy)
         prompts = data.PromptIterator(
             rollout.prompt_examples(train_ex, ctx.tokenizer, ctx.limits), batch_size=b,
             seed=cfg.train.seed)
@@ -198,15 +206,29 @@ def setup_for(spec: Online):
         return Plan(
             params=params, data=state,
             loss_fn=spec.loss_fn(graphdefs, cfg, chunk_size=ctx.chunk),
-            reference=(lambda: params["policy"]) if spec.needs_reference(cfg.loss) else None,
+            reference="copy" if spec.needs_reference(cfg.loss) else None,
+            reference_part=lambda p: p["policy"],
             ref_dtype=cfg.reference.dtype, updates_per_step=ro.num_epochs * ro.num_minibatches,
-            step=_step_maker(ctx, spec, graphdefs, params, state, scorer_for(cfg, reward_model),
+            step=_step_maker(ctx, spec, graphdefs, params, state,
+                             scorer_for(cfg, reward_model, log=ctx.log),
                              model.config.dtype),
             evaluate=task_evaluator(ctx, graphdefs["policy"], ctx.eval_prompts(eval_ex),
                                     key=lambda p: p["policy"]),
             export=lambda p, out: to_hf(nnx.merge(graphdefs["policy"], p["policy"]), out))
 
     return setup
+
+
+def _check_scored(r: dict, names) -> None:
+    """ConfigError when no completion of a rollout could be scored (every reward NaN): the
+    run would otherwise train on nothing, with a zero loss."""
+    if np.isfinite(r["rewards"]).any():
+        return
+    raise ConfigError(
+        f"config field 'reward.functions': none of the {r['rewards'].size} completions could be "
+        f"scored by {names} (every reward is None / NaN), e.g. prompt {r['prompts'][0]!r} -> "
+        f"{r['texts'].reshape(-1)[0]!r}; use reward functions that read this data (your own: "
+        "reward.functions=['package.module:function']) or a reward model (reward.model_path)")
 
 
 def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, opts, shard,
@@ -231,6 +253,7 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
             sampled["rows"] += int(r["lengths"].size)
             sampled["tokens"] += int(r["lengths"].sum())
             r = scorer(r)
+            _check_scored(r, scorer.names)
             if spec.answers:
                 r = scorer.answer_rewards(rollout.add_answers(r, prompts,
                                                               pad_id=ctx.tokenizer.pad_id))
@@ -271,9 +294,9 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
             step_key = state.split()
             r, row, sampled = collect(train_state.params, step_key)
             t_sample = time.perf_counter() - t0
-            row.update(rollout_metrics(r, scorer.names, task=task))
+            row.update(rollout_metrics(r, scorer.names, task=task, failures=scorer.failures))
             batch = device_batch(r, spec, shard)
-            fwd = forward(train_state.params, train_state.ref_params, batch)
+            fwd = forward(train_state.params, ctx.reference_of(train_state), batch)
             batch, prep_mets = prepare(batch, fwd)
             row["entropy"] = float(losses.reduce.token_mean(fwd["entropy"],
                                                             batch["completion_mask"]))
