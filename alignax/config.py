@@ -37,9 +37,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # A named tiny architecture trained from scratch (`name` + `overrides`), or `path` = a
     # local HF directory. `tokenizer`: "byte", a directory with tokenizer.json, or "" = the
     # model directory's tokenizer.json if it has one, else "byte". `dtype` is the compute
-    # dtype, `param_dtype` the master weights'; `remat`: none | full | save_dots.
+    # dtype, `param_dtype` the master weights'; `remat`: none | full | save_dots. save_dots
+    # (keep the weight matmuls' outputs, recompute the rest) is the default: on one H100 it
+    # trained the 1B DPO step faster than none at less than two thirds of the memory
+    # (benchmarks/RESULTS.md), and on CPU it gives the same numbers bit for bit.
     "model": dict(name="llama", path="", tokenizer="", dtype="float32", param_dtype="float32",
-                  remat="none", overrides={}),
+                  remat="save_dots", overrides={}),
     # The frozen reference (DPO family, KTO, MAH-DPO, PPO / GRPO with a KL term): `dtype` "" =
     # as the policy; `precompute` scores the data once, caches the log-probs on disk under a
     # fingerprint (`cache_dir`, default WORKDIR/ref_cache) and drops the copy.

@@ -1,8 +1,11 @@
-"""Benchmarks run end to end: `benchmarks/dpo_throughput.py --tiny` on CPU writes sane JSON.
+"""Benchmarks run end to end on CPU (`--tiny`) and write sane JSON: the DPO step (under its old
+name, `dpo_throughput.py`), the sweep of `train_step.py` variants (cached reference, SFT, GRPO
+update), a profile's top-ops summary, the sampler.
 
-A smoke test of the script's code path, not of its numbers: no speed is asserted.
+Smoke tests of the scripts' code paths, not of their numbers: no speed is asserted.
 """
 
+import gzip
 import json
 import math
 import os
@@ -51,6 +54,79 @@ def test_dpo_throughput_tiny_writes_sane_json(tmp_path):
     # and the loss log 2; bf16 compute rounds both forwards alike.
     assert r["loss_first"] == pytest.approx(math.log(2.0), abs=1e-3)
     assert math.isfinite(r["loss_last"])
+
+
+def _tokens(r: dict) -> int:
+    """Every token of the step's batch, from the variant's own configuration."""
+    c = r["config"]
+    rows = {"dpo": 2 * (c["pairs"] or 0), "sft": c["rows"] or 0,
+            "grpo": (c["rows"] or 0) * (c["generations"] or 0)}[c["task"]]
+    return rows * (c["prompt_len"] + c["completion_len"])
+
+
+@pytest.mark.slow
+def test_sweep_tiny_covers_cached_reference_sft_and_grpo(tmp_path):
+    out = tmp_path / "sweep.json"
+    names = "cached_reference,sft,grpo"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/sweep.py", "--tiny", "--only", names, "--json", str(out)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("\n| ") == 4  # the table: header + 3 variants
+    results = {r["name"]: r for r in json.loads(out.read_text())}
+    assert list(results) == names.split(",")
+    for name, r in results.items():
+        assert "error" not in r, r
+        assert r["tokens_per_step"] == _tokens(r) > 0, name
+        assert r["config"]["remat"] == "save_dots"  # the training default
+        assert r["tokens_per_s"] == pytest.approx(r["tokens_per_step"] / r["step_time_s"])
+        assert math.isfinite(r["loss_first"]) and math.isfinite(r["loss_last"])
+        # The traced count is the model count plus attention, remat and the chunked head's
+        # recompute (tests/train/test_step_costs.py checks it exactly), less the LM head on
+        # prompt positions where a loss skips them (GRPO).
+        assert r["traced_matmul_flops_per_step"] > 0.9 * r["flops_per_step"], name
+    # A cached reference removes the reference forward: 6 instead of 8 per parameter-token.
+    assert results["cached_reference"]["flops_factor"] == 6
+    assert results["sft"]["flops_factor"] == 6
+    assert results["grpo"]["config"]["task"] == "grpo"
+
+
+@pytest.mark.slow
+def test_profile_writes_top_device_ops(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/train_step.py", "--tiny", "--task", "sft", "--profile",
+         str(tmp_path), "--profile-steps", "2"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "top_ops.json").read_text())
+    assert (tmp_path / "top_ops.txt").read_text().startswith("top ")
+    assert summary["where"] == "host" and summary["steps"] == 2
+    ops = summary["top_ops"]
+    assert 5 <= len(ops) <= 25 and summary["device_ms"] > 0
+    assert not any(op["name"].startswith("$") for op in ops)  # no Python frames
+    assert sum(op["fraction"] for op in ops) <= 1 + 1e-9
+    assert [op["ms_per_step"] for op in ops] == sorted((op["ms_per_step"] for op in ops),
+                                                       reverse=True)
+
+
+def test_top_ops_counts_a_devices_op_thread_once(tmp_path):
+    from benchmarks.train_step import top_ops
+
+    meta = lambda pid, tid, kind, name: {"ph": "M", "pid": pid, "tid": tid, "name": kind,
+                                          "args": {"name": name}}
+    x = lambda pid, tid, name, dur: {"ph": "X", "pid": pid, "tid": tid, "name": name,
+                                     "ts": 0, "dur": dur}
+    events = [meta(1, 0, "process_name", "/device:GPU:0"), meta(2, 0, "process_name", "host"),
+              meta(1, 1, "thread_name", "XLA Modules"), meta(1, 2, "thread_name", "XLA Ops"),
+              x(1, 1, "jit_step", 1000.0), x(1, 2, "fusion.1", 600.0),
+              x(1, 2, "fusion.1", 200.0), x(1, 2, "dot.3", 200.0), x(2, 0, "$a.py:1 f", 5e3)]
+    path = tmp_path / "t.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    s = top_ops(str(path), steps=2)
+    assert s["where"] == "device" and s["device_ms"] == pytest.approx(0.5)  # 1 ms over 2 steps
+    assert [(o["name"], o["count"], o["ms_per_step"]) for o in s["top_ops"]] == [
+        ("fusion.1", 1, 0.4), ("dot.3", 0, 0.1)]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from flax import nnx
 from alignax.models.config import ModelConfig
 from alignax.models.layers import const_param, normal_param, param
 from alignax.models.logprobs import token_logps
+from alignax.models.precision import matmul_precision
 
 
 class ValueHead(nnx.Module):
@@ -28,7 +29,8 @@ class ValueHead(nnx.Module):
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """`[B, S, E]` hidden -> `[B, S]` float32 values."""
         w = self.weight[...].astype(hidden.dtype)
-        out = jnp.einsum("bse,e->bs", hidden, w, preferred_element_type=jnp.float32)
+        out = jnp.einsum("bse,e->bs", hidden, w, preferred_element_type=jnp.float32,
+                         precision=matmul_precision(hidden.dtype))
         return out + self.bias[...].astype(jnp.float32)
 
 
@@ -114,7 +116,8 @@ class MultiLMHead(nnx.Module):
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """`[B, S, E]` hidden -> `[H, B, S, V]` float32 logits (small shapes only)."""
         w = self.weight[...].astype(hidden.dtype)
-        return jnp.einsum("bse,hev->hbsv", hidden, w, preferred_element_type=jnp.float32)
+        return jnp.einsum("bse,hev->hbsv", hidden, w, preferred_element_type=jnp.float32,
+                          precision=matmul_precision(hidden.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))

@@ -17,10 +17,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from alignax.models.precision import matmul_precision
+
 
 def _chunk_stats(h, w, y, inv_temp, want):
     """Per-token statistics of one chunk: h `[B, C, E]`, y `[B, C]` -> dict of `[B, C]`."""
-    logits = jnp.einsum("bce,ev->bcv", h, w, preferred_element_type=jnp.float32) * inv_temp
+    logits = jnp.einsum("bce,ev->bcv", h, w, preferred_element_type=jnp.float32,
+                        precision=matmul_precision(h.dtype)) * inv_temp
     lse = jax.nn.logsumexp(logits, axis=-1)
     out = {}
     if "logps" in want:

@@ -27,6 +27,7 @@ from alignax.models.cache import KVCache
 from alignax.models.config import ModelConfig
 from alignax.models.layers import MLP, RMSNorm, normal_param
 from alignax.models.lora import LORA_OUT
+from alignax.models.precision import matmul_precision, precision_scope
 
 _REMAT = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
@@ -52,14 +53,16 @@ class DecoderLayer(nnx.Module):
         """`[B, T, E]` -> (`[B, T, E]`, new per-layer kv cache or None).
 
         `dropout_rng`: this layer's LoRA-dropout key (split between attention and MLP), or None.
+        float32 activations run every matmul at float32 precision (no TF32: precision.py).
         """
         attn_rng = mlp_rng = None
         if dropout_rng is not None:
             attn_rng, mlp_rng = jax.random.split(dropout_rng)
-        a, kv_cache = self.attn(self.input_norm(h), positions, mask, kv_cache=kv_cache,
-                                cache_index=cache_index, dropout_rng=attn_rng)
-        h = h + a
-        return h + self.mlp(self.post_attn_norm(h), mlp_rng), kv_cache
+        with precision_scope(h.dtype):
+            a, kv_cache = self.attn(self.input_norm(h), positions, mask, kv_cache=kv_cache,
+                                    cache_index=cache_index, dropout_rng=attn_rng)
+            h = h + a
+            return h + self.mlp(self.post_attn_norm(h), mlp_rng), kv_cache
 
 
 class Transformer(nnx.Module):
@@ -94,7 +97,8 @@ class Transformer(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """`[B, S, E]` final hidden states -> float32 logits `[B, S, V]`."""
         w = self.lm_head_weight().astype(hidden.dtype)
-        return jnp.einsum("bse,ev->bsv", hidden, w, preferred_element_type=jnp.float32)
+        return jnp.einsum("bse,ev->bsv", hidden, w, preferred_element_type=jnp.float32,
+                          precision=matmul_precision(hidden.dtype))
 
     def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None,
                  dropout_rng=None):

@@ -36,6 +36,7 @@ from flax import nnx
 from alignax.models.attention import make_mask
 from alignax.models.cache import KVCache, init_cache
 from alignax.models.heads import check_head_weights, mix_heads
+from alignax.models.precision import matmul_precision
 
 
 class Samples(NamedTuple):
@@ -129,7 +130,8 @@ def _logits_fn(trunk, head):
     if head is None:
         return trunk.logits
     return lambda h: jnp.einsum("bse,ev->bsv", h, head.astype(h.dtype),
-                                preferred_element_type=jnp.float32)
+                                preferred_element_type=jnp.float32,
+                                precision=matmul_precision(h.dtype))
 
 
 def prefill(trunk, prompt_ids, prompt_mask, *, max_new_tokens: int):
