@@ -72,32 +72,42 @@ def kl_penalized_rewards(logps, ref_logps, scores, mask, *, kl_coef: float = 0.0
 
 
 def gae(rewards, values, mask, *, gamma: float = 1.0, lam: float = 0.95):
-    """Generalised advantage estimation over right-padded sequences (Schulman et al. 2016, Eq. 16).
+    """Generalised advantage estimation (Schulman et al. 2016, Eq. 16) over the real tokens of
+    each sequence, which may have gaps (multi-turn episodes mask tool / environment output).
 
-    delta_t = r_t + gamma V_{t+1} - V_t with V = 0 past the last real token, and
-    A_t = delta_t + gamma lam A_{t+1}, by `jax.lax.scan` in reverse over T. Returns
-    R_t = A_t + V_t, before any whitening (TRL, OpenRLHF). With gamma = lam = 1, A_t is the
-    reward-to-go minus V_t.
+    For a real token t with t' the next real token of its row (none: V_{t'} = A_{t'} = 0),
+    delta_t = r_t + gamma V_{t'} - V_t and A_t = delta_t + gamma lam A_{t'}: masked tokens are
+    skipped, not a restart, so the value bootstraps across an observation (as verl's multi-turn
+    GAE). On a right-padded mask (no gaps) t' = t + 1: the usual recursion. A reverse
+    `jax.lax.scan` over T. Returns R_t = A_t + V_t, before any whitening (TRL, OpenRLHF). With
+    gamma = lam = 1, A_t is the reward-to-go minus V_t.
+
+    Worked example (gamma = lam = 1): rewards [0, 0, 1], values [0.5, 9, 0.25], mask [1, 0, 1]:
+    A_2 = 1 - 0.25 = 0.75, A_0 = 0 + 0.25 - 0.5 + 0.75 = 0.5 (the masked token's value 9 and
+    position play no part), A_1 = 0.
 
     Args:
-      rewards: `[..., T]` per-token rewards (`kl_penalized_rewards`).
+      rewards: `[..., T]` per-token rewards (`kl_penalized_rewards`); a reward on a masked
+        token is dropped: put a turn's reward on its last model token.
       values: `[..., T]` V(s_t) from the rollout value head.
-      mask: `[..., T]` 1 on real tokens, right-padded (rewards and values are zeroed elsewhere).
+      mask: `[..., T]` 1 on the tokens the policy generated, 0 on padding and observations.
       gamma: discount (TRL and OpenRLHF default 1). lam: GAE lambda (TRL 0.95, OpenRLHF 1).
-    Returns: (advantages `[..., T]`, returns `[..., T]`), zero on padding, under stop-gradient.
+    Returns: (advantages `[..., T]`, returns `[..., T]`), zero where mask is 0, under
+      stop-gradient.
     """
     rewards, values, mask = sg(as_float(rewards, values, mask))
     rewards, values = rewards * mask, values * mask
-    next_values = jnp.concatenate([values[..., 1:], jnp.zeros_like(values[..., :1])], axis=-1)
-    deltas = rewards + gamma * next_values - values
 
     def step(carry, x):
-        delta, m = x
-        adv = (delta + gamma * lam * carry) * m
-        return adv, adv
+        next_value, next_adv = carry  # of the next real token (0 past the last)
+        reward, value, m = x
+        adv = (reward + gamma * next_value - value + gamma * lam * next_adv) * m
+        real = m > 0
+        return (jnp.where(real, value, next_value), jnp.where(real, adv, next_adv)), adv
 
-    xs = (jnp.moveaxis(deltas, -1, 0), jnp.moveaxis(mask, -1, 0))
-    _, adv = jax.lax.scan(step, jnp.zeros_like(deltas[..., 0]), xs, reverse=True)
+    xs = tuple(jnp.moveaxis(a, -1, 0) for a in (rewards, values, mask))
+    zeros = jnp.zeros_like(rewards[..., 0])
+    _, adv = jax.lax.scan(step, (zeros, zeros), xs, reverse=True)
     adv = jnp.moveaxis(adv, 0, -1)
     return adv, (adv + values) * mask
 
@@ -263,8 +273,11 @@ def _token_metric(x, mask):
 
 
 def _sequence_metric(x, mask):
-    # TRL averages sequence-level flags over sequences, not tokens.
-    return sg(jnp.mean(x))
+    # TRL's `masked_batch_mean`: one flag per sequence (sequence advantages) is averaged over
+    # sequences; flags per token (per-token advantages) over the real tokens only.
+    if x.shape[-1] == 1:
+        return sg(jnp.mean(x))
+    return _token_mean(x, mask)
 
 
 _IMPORTANCE_LEVELS = {

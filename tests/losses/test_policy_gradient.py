@@ -348,3 +348,68 @@ def test_float32_and_bf16_inputs():
     bf16, _ = losses.ppo_policy_loss(jnp.asarray(GRPO_LOGPS, jnp.bfloat16), GRPO_OLD,
                                      adv, GRPO_MASK)
     assert bf16.dtype == jnp.float32
+
+
+def _gae_loop(rewards, values, mask, gamma, lam):
+    """GAE over the real tokens of one row, by hand: the next real token, skipping gaps."""
+    real = [t for t in range(len(mask)) if mask[t]]
+    adv = np.zeros(len(mask))
+    next_v = next_a = 0.0
+    for t in reversed(real):
+        adv[t] = rewards[t] + gamma * next_v - values[t] + gamma * lam * next_a
+        next_v, next_a = values[t], adv[t]
+    return adv
+
+
+def test_gae_skips_interior_masked_tokens(x64):
+    # The docstring's worked example: the masked token's value plays no part.
+    adv, ret = losses.gae(np.array([[0.0, 0.0, 1.0]]), np.array([[0.5, 9.0, 0.25]]),
+                          np.array([[1.0, 0.0, 1.0]]), gamma=1.0, lam=1.0)
+    np.testing.assert_allclose(adv, [[0.5, 0.0, 0.75]], atol=1e-15)
+    np.testing.assert_allclose(ret, [[1.0, 0.0, 1.0]], atol=1e-15)
+    # Two turns with an observation between them, padding after, and a row with no gap.
+    rng = np.random.default_rng(0)
+    r, v = rng.normal(size=(3, 9)), rng.normal(size=(3, 9))
+    mask = np.array([[1, 1, 0, 0, 0, 1, 1, 0, 0],
+                     [1, 0, 1, 0, 1, 1, 1, 1, 0],
+                     [1, 1, 1, 1, 1, 1, 0, 0, 0]], float)
+    adv, ret = jax.jit(lambda r, v, m: losses.gae(r, v, m, gamma=0.9, lam=0.8))(r, v, mask)
+    for i in range(3):
+        want = _gae_loop(r[i], v[i], mask[i], 0.9, 0.8)
+        np.testing.assert_allclose(adv[i], want, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(ret[i], (want + v[i]) * mask[i], rtol=1e-12, atol=1e-15)
+    # A gap is not a restart: the first turn's advantages see the second turn's rewards.
+    restart = _gae_loop(r[0] * [1, 1, 0, 0, 0, 0, 0, 0, 0], v[0], [1, 1, 0, 0, 0, 0, 0, 0, 0],
+                        0.9, 0.8)
+    assert abs(adv[0, 1] - restart[1]) > 1e-3
+
+
+def test_gae_without_gaps_is_the_contiguous_recursion(x64):
+    rng = np.random.default_rng(1)
+    r, v = rng.normal(size=(4, 7)), rng.normal(size=(4, 7))
+    lengths = [7, 5, 1, 0]
+    mask = (np.arange(7)[None] < np.array(lengths)[:, None]).astype(float)
+    adv, _ = losses.gae(r, v, mask, gamma=0.99, lam=0.95)
+    for i, n in enumerate(lengths):
+        want, carry = np.zeros(7), 0.0
+        for t in reversed(range(n)):
+            nv = v[i, t + 1] if t + 1 < n else 0.0
+            carry = r[i, t] + 0.99 * nv - v[i, t] + 0.99 * 0.95 * carry
+            want[t] = carry
+        np.testing.assert_allclose(adv[i], want, rtol=1e-12, atol=1e-15)
+
+
+def test_sequence_level_clip_ratio_with_token_advantages_is_a_masked_mean():
+    # TRL 1.16 `masked_batch_mean`: per-token flags are averaged over real tokens only. Row 0
+    # (one real token) is clipped low, row 1 (two) not: 1/3, not 2/4.
+    mask = np.array([[1.0, 0.0], [1.0, 1.0]])
+    old = np.zeros((2, 2))
+    logps = np.array([[-1.0, -1.0], [0.0, 0.0]])  # row 0's ratio exp(-1) < 0.8
+    adv = np.array([[-1.0, -1.0], [1.0, 1.0]])
+    _, m = losses.grpo_loss(logps, old, adv, mask, importance_sampling_level="sequence")
+    assert float(m["clip_ratio/low_mean"]) == pytest.approx(1 / 3)
+    assert float(m["clip_ratio/region_mean"]) == pytest.approx(1 / 3)
+    # Sequence advantages: one flag per sequence, averaged over sequences (as before).
+    _, m = losses.grpo_loss(logps, old, np.array([-1.0, 1.0]), mask,
+                            importance_sampling_level="sequence")
+    assert float(m["clip_ratio/low_mean"]) == pytest.approx(1 / 2)
