@@ -161,7 +161,7 @@ def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_to
     r, n = last_hidden.shape[0] * num_samples, max_new_tokens
     logits = jnp.repeat(logits_fn(last_hidden)[:, 0], num_samples, axis=0)
     cache = repeat_cache(cache, num_samples)
-    layers = _unstack_layers(trunk)
+    layers = unstack_layers(trunk)
     kv = [(cache.k[i], cache.v[i]) for i in range(len(layers))]  # one copy, before the loop
     stops = jnp.asarray(stop_ids, jnp.int32)
 
@@ -175,7 +175,7 @@ def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_to
         token, tokens, logps, mask = draw_token(
             logits, jax.random.fold_in(key, i), i, live, tokens, logps, mask,
             temperature=temperature, top_k=top_k, top_p=top_p, pad_id=pad_id)
-        h, kv, valid, next_position = _decode_token(trunk, layers, token, live, kv, valid,
+        h, kv, valid, next_position = decode_token(trunk, layers, token, live, kv, valid,
                                                     next_position, p + i)
         done = done | jnp.isin(token, stops)
         return i + 1, logits_fn(h)[:, 0], kv, valid, next_position, done, tokens, logps, mask
@@ -255,14 +255,14 @@ def draw_token(logits, step_key, i, live, tokens, logps, mask, *, temperature: f
     return token, tokens, logps, mask
 
 
-def _unstack_layers(model) -> list:
+def unstack_layers(model) -> list:
     """The model's stacked (scanned) decoder layers as L separate modules."""
     graphdef, state = nnx.split(model.layers)
     return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state))
             for i in range(model.config.num_layers)]
 
 
-def _decode_token(model, layers, token, live, kv, valid, next_position, slot):
+def decode_token(model, layers, token, live, kv, valid, next_position, slot):
     """One decode step with per-layer caches: `model.hidden_states(token[:, None], live,
     cache=...)` with the layers unrolled; returns the `[R, 1, E]` hidden state.
 
