@@ -98,6 +98,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "rollout": dict(num_generations=8, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,
                     stop_tokens=(), num_epochs=1, num_minibatches=1, dynamic_sampling=False,
                     max_resample=4),
+    # Multi-turn online RL (grpo / rloo / ppo): `name` "" = single-turn, "calculator", or your
+    # `package.module:factory`; a turn ends at `tool_end` (or EOS) or after `max_turn_tokens`
+    # (0 = rollout.max_new_tokens); `max_total_tokens` (0 = max_turns x (turn + observation
+    # budget)) is the episode's width; observations are cut at `max_observation_chars`.
+    "environment": dict(name="", max_turns=3, max_turn_tokens=0, max_total_tokens=0,
+                        tool_start="<tool>", tool_end="</tool>", result_start="<result>",
+                        result_end="</result>", max_observation_chars=32),
     # Online RL rewards: `functions` (built-in names, `regex:PATTERN`, or your own
     # `package.module:function`) with `weights`, a reward model in `model_path` (weight
     # `model_weight`), and length / over-long / missing-EOS shaping (0 = off).
@@ -124,7 +131,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 OPTIONAL_SECTIONS = ("reference", "rollout", "reward", "heads", "teacher", "sampling",
-                     "dckd_stage")
+                     "dckd_stage", "environment")
 # Fields whose keys are the user's (any key, any value).
 OPEN_FIELDS = ("model.overrides", "teacher.overrides", "dckd_stage.loss", "mesh")
 # Fields of shared sections that only the algorithms claiming them may set.

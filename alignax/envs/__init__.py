@@ -21,7 +21,8 @@ from alignax.envs.base import (
     ToolCallParser,
     ToolEnvironment,
     calculator,
+    environment_factory,
 )
 
 __all__ = ["Environment", "StepResult", "ToolCall", "ToolCallParser", "ToolEnvironment",
-           "calculator"]
+           "calculator", "environment_factory"]

@@ -154,3 +154,37 @@ def calculator(expression: str) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
+
+
+def environment_factory(name: str, *, parser: ToolCallParser | None = None,
+                        max_observation_chars: int = 200) -> Callable[[], Environment]:
+    """`make() -> Environment` for the config's `environment.name`: "calculator" (a
+    `ToolEnvironment` with the `calc` tool) or `package.module:factory`, your own zero-argument
+    callable returning an environment, imported from the working directory or PYTHONPATH."""
+    if name == "calculator":
+        return lambda: ToolEnvironment({"calc": calculator}, parser=parser,
+                                       max_observation_chars=max_observation_chars)
+    if ":" not in name:
+        raise ValueError(f"config field 'environment.name': unknown environment {name!r}; "
+                         "use 'calculator' or 'package.module:factory'")
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attr = name.partition(":")
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"config field 'environment.name': cannot import {module_name!r} "
+                         f"({e}); put it in the working directory or on PYTHONPATH") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    make = getattr(module, attr, None)
+    if not callable(make):
+        raise ValueError(f"config field 'environment.name': {module_name} has no callable "
+                         f"{attr!r}")
+    return make

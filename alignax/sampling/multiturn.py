@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,7 +127,7 @@ def _turn(graphdef, params, logits, cache, live, key, *, steps: int, temperature
                                                     next_position, start + i)
         hit = jnp.isin(token, stops)
         ended_seq = jnp.zeros_like(hit)
-        if m:
+        if 0 < m <= steps:  # a longer sequence cannot end inside this turn
             tail = jax.lax.dynamic_slice(tokens, (0, jnp.maximum(i - m + 1, 0)), (r, m))
             ended_seq = jnp.all(tail == seq, axis=-1) & (i >= m - 1)
         eos = eos | (hit & live_now)
@@ -192,7 +193,7 @@ def sample_episodes(graphdef, params, prompt_ids, prompt_mask, key, *, envs: Seq
         raise ValueError(f"{len(envs)} environments for {b} prompts x {num_samples} samples")
     stop_ids = tuple(stop_ids if stop_ids is not None else (tokenizer.eos_id,))
     pad_id = tokenizer.pad_id if pad_id is None else pad_id
-    encode = lambda text: list(tokenizer.encode(text, **_no_specials(tokenizer)))
+    encode = functools.partial(encode_text, tokenizer)
     if prompts is None:
         prompts = [tokenizer.decode([int(t) for t, m in zip(row, mrow) if m])
                    for row, mrow in zip(np.asarray(prompt_ids), np.asarray(prompt_mask))]
@@ -289,9 +290,8 @@ def _compact(tokens, logps, mask, attn, pad_id):
     return out
 
 
-def _no_specials(tokenizer) -> dict:
-    """The keyword that keeps a tokenizer from adding BOS / EOS to an observation."""
-    import inspect
-
+def encode_text(tokenizer, text: str) -> list[int]:
+    """`text`'s ids without BOS / EOS (an observation, a tag), for either tokenizer kind."""
     params = inspect.signature(tokenizer.encode).parameters
-    return {"add_special_tokens": False} if "add_special_tokens" in params else {}
+    kw = {"add_special_tokens": False} if "add_special_tokens" in params else {}
+    return list(tokenizer.encode(text, **kw))

@@ -105,9 +105,9 @@ RLOO_SPEC = trainer.Online(
 _TYPES = sorted(losses.GRPO_LOSS_TYPES)
 GRPO = Algorithm("grpo", data="prompts", variants={t: GRPO_LOSS for t in _TYPES},
                  setup=trainer.setup_for(GRPO_SPEC), reference="optional",
-                 sections=trainer.SECTIONS, skeleton=lm_skeleton, save=save_lm,
+                 sections=trainer.MULTITURN_SECTIONS, skeleton=lm_skeleton, save=save_lm,
                  export_key="policy")
 RLOO = Algorithm("rloo", data="prompts", variants={t: RLOO_LOSS for t in _TYPES},
                  setup=trainer.setup_for(RLOO_SPEC), reference="optional",
-                 sections=trainer.SECTIONS, skeleton=lm_skeleton, save=save_lm,
+                 sections=trainer.MULTITURN_SECTIONS, skeleton=lm_skeleton, save=save_lm,
                  export_key="policy")

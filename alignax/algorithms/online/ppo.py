@@ -92,5 +92,5 @@ PPO_SPEC = trainer.Online(loss_fn=_loss_fn, advantages=ppo_advantages,
                           needs_reference=lambda loss: True, critic=True)
 PPO = Algorithm("ppo", data="prompts", variants={"ppo": PPO_LOSS},
                 setup=trainer.setup_for(PPO_SPEC), reference="policy",
-                sections=trainer.SECTIONS, skeleton=lm_skeleton, save=save_lm,
+                sections=trainer.MULTITURN_SECTIONS, skeleton=lm_skeleton, save=save_lm,
                 export_key="policy")

@@ -30,7 +30,7 @@ from flax import nnx
 
 from alignax import data, losses, sharding
 from alignax.models import Transformer, logprobs
-from alignax.sampling import cast_params, decode_completions, left_pad, sample_tokens
+from alignax.sampling import cast_params, decode_completions, left_pad, multiturn, sample_tokens
 
 # ------------------------------------------------------------------------------- prompts
 
@@ -123,6 +123,45 @@ def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: Sampl
             "terminated": terminated.reshape(b, g), "texts": obj(texts).reshape(b, g),
             "prompts": obj(e.prompt for e in examples),
             "answers": obj(e.answer for e in examples)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeOptions:
+    """Multi-turn settings (the `environment` section, resolved)."""
+
+    make_env: Any               # () -> alignax.envs.Environment, one per episode
+    max_turns: int
+    max_turn_tokens: int
+    max_total_tokens: int       # N of the rollout's `[B, G, N]` arrays
+    stop_sequence: tuple[int, ...]
+
+
+def sample_episodes(graphdef, params, examples: Sequence[PromptExample], key,
+                    opts: SamplingOptions, episodes: EpisodeOptions, *, tokenizer
+                    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """`sample` for multi-turn episodes (`sampling.multiturn.sample_episodes`): the same
+    rollout dict, with `tokens` / `mask` / `sampler_logps` over each episode's stream (`mask`
+    0 on observations), its `attention` `[B, G, N]`, and `texts` the whole episode (turns and
+    observations) for the reward functions; plus the episodes' metrics."""
+    b, g, n = len(examples), opts.num_samples, episodes.max_total_tokens
+    ids, pmask = left_pad([list(e.prompt_ids) for e in examples], opts.pad_id, opts.prompt_width)
+    ep = multiturn.sample_episodes(
+        graphdef, params, ids, pmask, key, envs=[episodes.make_env() for _ in range(b * g)],
+        tokenizer=tokenizer, prompts=[e.prompt for e in examples], num_samples=g,
+        max_turns=episodes.max_turns, max_total_tokens=n,
+        max_turn_tokens=episodes.max_turn_tokens, temperature=opts.temperature,
+        top_k=opts.top_k, top_p=opts.top_p, stop_ids=opts.stop_ids,
+        stop_sequence=episodes.stop_sequence, pad_id=opts.pad_id)
+    obj = lambda xs: np.array(list(xs) + [None], dtype=object)[:-1]
+    shape = lambda x: x.reshape(b, g, *x.shape[1:])
+    metrics = ep.metrics()
+    metrics["episodes/environment_reward"] = float(ep.rewards.mean())
+    return {"prompt_ids": ids, "prompt_mask": pmask, "tokens": shape(ep.tokens),
+            "mask": shape(ep.mask), "attention": shape(ep.attention_mask),
+            "sampler_logps": shape(ep.logps), "lengths": shape(ep.mask.sum(-1)),
+            "terminated": shape(~ep.truncated), "texts": shape(obj(ep.texts)),
+            "prompts": obj(e.prompt for e in examples),
+            "answers": obj(e.answer for e in examples)}, metrics
 
 
 def add_answers(rollout: dict, examples: Sequence[PromptExample], *, pad_id: int) -> dict:

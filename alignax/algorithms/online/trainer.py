@@ -21,16 +21,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignax import data, losses, rewards, sharding
+from alignax import data, envs, losses, rewards, sharding
 from alignax.algorithms.base import task_evaluator
 from alignax.algorithms.online import rollout
 from alignax.config import ConfigError
 from alignax.models import Critic, to_hf
-from alignax.sampling import sequences
+from alignax.sampling import multiturn, sequences
 from alignax.train.context import Context
 from alignax.train.runner import Plan
 
 SECTIONS = ("reference", "rollout", "reward")
+MULTITURN_SECTIONS = SECTIONS + ("environment",)  # grpo, rloo, ppo
 _RESAMPLE_TAG = 1 << 20  # fold_in tags of dynamic-sampling tries 1, 2, ...
 
 
@@ -123,8 +124,11 @@ def rollout_metrics(r: dict, names, *, task: bool,
 
 
 def device_batch(r: dict, spec: Online, shard) -> dict:
-    """The arrays the jitted functions read, on the devices (`[B, ...]` sharded by rows)."""
-    ids, attn = sequences(r["prompt_ids"], r["prompt_mask"], r["tokens"], r["mask"])
+    """The arrays the jitted functions read, on the devices (`[B, ...]` sharded by rows).
+    Multi-turn episodes attend to their observations (`attention`) but train on the policy's
+    tokens only (`mask`)."""
+    ids, attn = sequences(r["prompt_ids"], r["prompt_mask"], r["tokens"],
+                          r.get("attention", r["mask"]))
     reward = r["rewards"].astype(np.float32)
     if not spec.keep_nan_rewards:
         reward = np.nan_to_num(reward)
@@ -231,6 +235,27 @@ def _check_scored(r: dict, names) -> None:
         "reward.functions=['package.module:function']) or a reward model (reward.model_path)")
 
 
+def episode_options(ctx: Context) -> rollout.EpisodeOptions | None:
+    """The `environment` section resolved (None: single-turn rollouts)."""
+    ec, ro = ctx.cfg.get("environment"), ctx.cfg.rollout
+    if ec is None or not ec.name:
+        return None
+    parser = envs.ToolCallParser(ec.tool_start, ec.tool_end, ec.result_start, ec.result_end)
+    try:
+        make_env = envs.environment_factory(ec.name, parser=parser,
+                                            max_observation_chars=ec.max_observation_chars)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    turn = ec.max_turn_tokens or ro.max_new_tokens
+    observation = len(ctx.tokenizer.encode(parser.wrap("x" * ec.max_observation_chars)))
+    total = ec.max_total_tokens or ec.max_turns * (turn + observation)
+    if ec.max_turns < 1 or turn > total:
+        raise ConfigError(f"environment: need max_turns >= 1 and max_turn_tokens <= "
+                          f"max_total_tokens (got {ec.max_turns}, {turn}, {total})")
+    stop = tuple(multiturn.encode_text(ctx.tokenizer, ec.tool_end))
+    return rollout.EpisodeOptions(make_env, ec.max_turns, turn, total, stop)
+
+
 def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, opts, shard,
                to_sampler):
     """`collect(params, key) -> (rollout, metrics, sampler totals)`: samples and scores B
@@ -238,6 +263,7 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
     seconds (generation and decoding to text, not reward scoring), rows and tokens."""
     ro, b = ctx.cfg.rollout, ctx.cfg.train.batch_size
     max_tries = ro.max_resample if ro.dynamic_sampling else 1
+    episodes = episode_options(ctx)
 
     def collect(params, step_key):
         rollouts, sampled = [], {"seconds": 0.0, "rows": 0, "tokens": 0}
@@ -246,9 +272,14 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
             prompts = state.prompts.next_batch()
             # Try 0 draws with fold_in(key, 0); later tries use tags no epoch shuffle uses.
             t0 = time.perf_counter()
-            r = rollout.sample(graphdef, policy_params, prompts,
-                               jax.random.fold_in(step_key, attempt and _RESAMPLE_TAG + attempt),
-                               opts, tokenizer=ctx.tokenizer, shard=shard)
+            key = jax.random.fold_in(step_key, attempt and _RESAMPLE_TAG + attempt)
+            if episodes is None:
+                r = rollout.sample(graphdef, policy_params, prompts, key, opts,
+                                   tokenizer=ctx.tokenizer, shard=shard)
+            else:
+                r, episode_metrics = rollout.sample_episodes(
+                    graphdef, policy_params, prompts, key, opts, episodes,
+                    tokenizer=ctx.tokenizer)
             sampled["seconds"] += time.perf_counter() - t0
             sampled["rows"] += int(r["lengths"].size)
             sampled["tokens"] += int(r["lengths"].sum())
@@ -259,12 +290,13 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
                                                               pad_id=ctx.tokenizer.pad_id))
             rollouts.append(r)
             if not ro.dynamic_sampling:
-                return r, {}, sampled
+                return r, ({} if episodes is None else episode_metrics), sampled
             index, informative = rollout.dynamic_sampling_index(
                 [x["rewards"] for x in rollouts], b)
             if informative >= b:
                 break
         return rollout.select_groups(rollouts, index), {
+            **({} if episodes is None else episode_metrics),
             "dynamic_sampling/batches": float(len(rollouts)),
             "dynamic_sampling/flat_groups_kept": float(max(0, b - informative))}, sampled
 
