@@ -414,3 +414,26 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any], *,
 def to_config(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """Plain nested dicts -> a ConfigDict (what `alignax.algorithms.resolve_config` returns)."""
     return ml_collections.ConfigDict(copy.deepcopy(dict(values)))
+
+
+def import_object(spec: str, field: str):
+    """The object `package.module:name` that config field `field` names, imported with the
+    working directory on the path (as `python -m` would); ValueError naming the field."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"config field {field!r}: cannot import {module_name!r} for {spec!r} "
+                         f"({e}); put it in the working directory or on PYTHONPATH") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    obj = getattr(module, attr, None)
+    if not callable(obj):
+        raise ValueError(f"config field {field!r}: {module_name} has no callable {attr!r}")
+    return obj

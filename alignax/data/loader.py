@@ -73,15 +73,19 @@ class BatchIterator:
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict:
+    def _next_ids(self) -> np.ndarray:
+        """The next global batch's dataset rows (all processes), advancing the position."""
         if self.index >= self.steps_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
         order = self._order(self.epoch)
         start = self.index * self.global_batch_size
-        ids = order[start:start + self.global_batch_size]
+        self.index += 1
+        return order[start:start + self.global_batch_size]
+
+    def __next__(self) -> dict:
+        ids = self._next_ids()
         per_process = self.global_batch_size // self.process_count
         mine = ids[self.process_index * per_process:(self.process_index + 1) * per_process]
-        self.index += 1
         # The bucket is chosen from the whole global batch, so all processes agree on shapes.
         width = bucket_for(needed_length([self.rows[i] for i in ids]), self.buckets)
         batch = collate([self.rows[i] for i in mine], pad_id=self.pad_id, buckets=self.buckets,

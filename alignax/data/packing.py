@@ -130,13 +130,7 @@ class PackedBatchIterator(BatchIterator):
                 for m in range(self.num_microbatches)]
 
     def __next__(self) -> dict:
-        if self.index >= self.steps_per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        order = self._order(self.epoch)
-        start = self.index * self.global_batch_size
-        ids = order[start:start + self.global_batch_size]
-        self.index += 1
-        return self._pack(ids)
+        return self._pack(self._next_ids())
 
     def _pack(self, ids: np.ndarray) -> dict:
         """The packed batch of the global batch `ids` (dataset rows), this process's slice."""

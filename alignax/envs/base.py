@@ -167,24 +167,6 @@ def environment_factory(name: str, *, parser: ToolCallParser | None = None,
     if ":" not in name:
         raise ValueError(f"config field 'environment.name': unknown environment {name!r}; "
                          "use 'calculator' or 'package.module:factory'")
-    import importlib
-    import os
-    import sys
+    from alignax.config import import_object
 
-    module_name, _, attr = name.partition(":")
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"config field 'environment.name': cannot import {module_name!r} "
-                         f"({e}); put it in the working directory or on PYTHONPATH") from None
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
-    make = getattr(module, attr, None)
-    if not callable(make):
-        raise ValueError(f"config field 'environment.name': {module_name} has no callable "
-                         f"{attr!r}")
-    return make
+    return import_object(name, "environment.name")

@@ -108,28 +108,9 @@ def get_reward_function(name: str) -> RewardFn:
 
 
 def _import(name: str) -> RewardFn:
-    import importlib
-    import os
-    import sys
+    from alignax.config import import_object
 
-    module_name, _, attr = name.partition(":")
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"config field 'reward.functions': cannot import {module_name!r} for "
-                         f"{name!r} ({e}); put it in the working directory or on PYTHONPATH"
-                         ) from None
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"config field 'reward.functions': {module_name} has no function "
-                         f"{attr!r}")
-    return fn
+    return import_object(name, "reward.functions")
 
 
 # ---------------------------------------------------------------------------------------------
