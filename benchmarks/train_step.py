@@ -72,9 +72,9 @@ from alignax import sharding
 from alignax.algorithms.dpo import dpo_loss_fn
 from alignax.algorithms.online.grpo import clipped_loss_fn
 from alignax.algorithms.sft import sft_loss_fn
+from alignax.costs import matmul_flops
 from alignax.models import ModelConfig, Transformer
 from alignax.train import init_train_state, make_optimizer, make_train_step
-from alignax.train.costs import matmul_flops
 
 # The 1B shape and batch; `--tiny` shrinks everything for a CPU smoke run.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -1,7 +1,7 @@
 """Regression guards on the compiled training steps, without a GPU: the matmul FLOPs and the
 static temporary memory of the DPO and SFT steps of a small Llama are what the model says.
 
-FLOPs come from the traced step (`alignax.train.costs.matmul_flops`: loops times their trip
+FLOPs come from the traced step (`alignax.costs.matmul_flops`: loops times their trip
 counts; XLA's `cost_analysis` counts the layer scan's body once). The budget is the model's
 own arithmetic, exact: `6 x N x T` for the policy's forward + backward, `2 x N x T` for the
 frozen reference's forward, one more LM-head forward (`2 x E x V x T`: the chunked head
@@ -24,9 +24,9 @@ from flax import nnx
 from alignax import sharding
 from alignax.algorithms.dpo import dpo_loss_fn
 from alignax.algorithms.sft import sft_loss_fn
+from alignax.costs import matmul_flops
 from alignax.models import ModelConfig, Transformer
 from alignax.train import init_train_state, make_optimizer, make_train_step
-from alignax.train.costs import matmul_flops
 
 E, L, F, V, HEADS, KV = 256, 2, 1024, 8192, 4, 2
 PAIRS, S = 2, 256

@@ -1,10 +1,10 @@
-"""`alignax.train.costs.matmul_flops`: dot FLOPs from the traced program, loops unrolled."""
+"""`alignax.costs.matmul_flops`: dot FLOPs from the traced program, loops unrolled."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from alignax.train.costs import matmul_flops
+from alignax.costs import matmul_flops
 
 
 def test_scan_cond_and_nested_jit_are_counted():
