@@ -5,6 +5,8 @@
                  [--head-weights 0.7,0.3]
   alignax eval --model DIR [--model DIR ...] [--data PAIRS --reference DIR] [--json PATH]
   alignax convert --workdir DIR [--step N] --out DIR
+  alignax compare --config PATH[:VARIANT] [--config ...] --seeds N --workdir DIR
+                  [--metric eval_after.task_accuracy] [--set KEY=VALUE ...]
   alignax demo [--workdir DIR]
   alignax --version
 
@@ -320,6 +322,24 @@ def _convert(argv: list[str]) -> int:
     return 0
 
 
+def _compare(argv: list[str]) -> int:
+    from alignax import compare, config
+    from alignax.train.runner import TrainingError
+
+    try:
+        return compare.main(argv)
+    except config.ConfigError as e:
+        return _fail(str(e))
+    except TrainingError as e:
+        return _fail(str(e), code=3)
+    except KeyError as e:
+        return _fail(str(e.args[0]))
+    except (ValueError, FileNotFoundError) as e:
+        if not deliberate(e):
+            raise
+        return _fail(str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["--version"], ["-V"]):
@@ -328,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignax {__version__}")
         return 0
     commands = {"train": _train, "sample": _sample, "eval": _eval, "convert": _convert,
-                "demo": None}
+                "compare": _compare, "demo": None}
     if not argv or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
         return 2

@@ -9,9 +9,9 @@ forward) then disagree by far more than float32 rounding: the GRPO smoke run on 
 compute at the backend default (their matmuls run natively; HIGHEST would change nothing
 there but could not be relied on to be free). On CPU, float32 matmuls are exact either way.
 
-    >>> import jax.numpy as jnp
-    >>> matmul_precision(jnp.float32)
-    <Precision.HIGHEST: 2>
+    >>> import jax, jax.numpy as jnp
+    >>> matmul_precision(jnp.float32) == jax.lax.Precision.HIGHEST
+    True
     >>> matmul_precision(jnp.bfloat16) is None
     True
 """
