@@ -3,6 +3,7 @@
   alignax train --config PATH[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
   alignax sample --model DIR (--prompt TEXT ... | --prompts-file FILE) [--chat]
                  [--head-weights 0.7,0.3]
+                 [--best-of N (--verifier NAME | --reward-model DIR | --reference DIR)]
   alignax eval --model DIR [--model DIR ...] [--data PAIRS --reference DIR] [--json PATH]
   alignax convert --workdir DIR [--step N] --out DIR
   alignax compare --config PATH[:VARIANT] [--config ...] --seeds N --workdir DIR
@@ -120,6 +121,15 @@ def _sample(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
     parser.add_argument("--dtype", default="", help="compute dtype, e.g. bfloat16")
+    best = parser.add_argument_group(
+        "best-of-N (one completion per prompt: the best of N samples under a scorer)")
+    best.add_argument("--best-of", type=int, default=0, help="N (0 = off)")
+    best.add_argument("--verifier", default="",
+                      help="a reward function: built-in name, regex:PATTERN or module:function")
+    best.add_argument("--reward-model", default="", help="a reward-model export")
+    best.add_argument("--reference", default="",
+                      help="a reference model: score = DPO implicit reward of --model")
+    best.add_argument("--beta", type=float, default=0.1, help="implicit reward's beta")
     args = parser.parse_args(argv)
     try:
         for line in sample_lines(args):
@@ -225,6 +235,9 @@ def sample_lines(args):
     if any(not x for x in ids):
         raise ValueError("an empty prompt (no tokens); every prompt needs text")
     stops = (int(tokenizer.eos_id),)
+    if getattr(args, "best_of", 0):
+        yield from _best_of_n_lines(args, model, tokenizer, prompts, ids, weights)
+        return
     out = generate(model, ids, max_new_tokens=args.max_new_tokens, eos_id=tokenizer.eos_id,
                    pad_id=tokenizer.pad_id, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, num_samples=args.num_samples, stop_ids=stops,
@@ -237,6 +250,54 @@ def sample_lines(args):
         if weights is not None:
             row["head_weights"] = [round(float(w), 6) for w in weights]
         yield json.dumps(row, ensure_ascii=False)
+
+
+def _best_of_n_lines(args, model, tokenizer, prompts, ids, weights):
+    """`alignax sample --best-of N`: one JSON line per prompt (see `alignax.decoding`)."""
+    import json
+
+    from alignax import decoding, models, rewards
+    from alignax.sampling import decode_completions
+
+    scorers = [f for f in ("verifier", "reward_model", "reference") if getattr(args, f)]
+    if len(scorers) != 1:
+        raise ValueError("--best-of needs exactly one scorer: --verifier, --reward-model or "
+                         f"--reference (got {len(scorers)})")
+    if weights is not None or args.num_samples != 1:
+        raise ValueError("--best-of: single-head models and --num-samples 1 only")
+    if args.best_of < 1:
+        raise ValueError("--best-of: out of range")
+    if args.verifier:
+        scorer = decoding.verifier_scorer(rewards.get_reward_function(args.verifier), prompts)
+    elif args.reward_model:
+        scorer = decoding.reward_model_scorer(*rewards.load_scorer(
+            _export_dir(args.reward_model, "--reward-model")))
+    else:
+        reference = models.from_hf(_export_dir(args.reference, "--reference"),
+                                   dtype=args.dtype or None)
+        scorer = decoding.implicit_reward_scorer(model, reference, args.beta)
+    out = decoding.best_of_n(model, ids, n=args.best_of, scorer=scorer, tokenizer=tokenizer,
+                             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                             batch_size=min(args.batch_size, len(prompts)))
+    texts = decode_completions(tokenizer, out.tokens, out.mask,
+                               stop_ids=(int(tokenizer.eos_id),))
+    for i, text in enumerate(texts):
+        yield json.dumps({"prompt": prompts[i], "completion": text,
+                          "score": float(out.scores[i, out.chosen[i]]),
+                          "candidate": int(out.chosen[i]),
+                          "scores": [round(float(x), 6) for x in out.scores[i]],
+                          "forward_tokens_per_output_token": round(
+                              out.forward_tokens_per_output_token, 3)}, ensure_ascii=False)
+
+
+def _export_dir(path: str, flag: str) -> str:
+    """An HF export directory from a directory or a train workdir (its hf/)."""
+    if os.path.exists(os.path.join(path, "hf", "config.json")):
+        return os.path.join(path, "hf")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{flag} {path}: not an HF export nor a train workdir")
+    return path
 
 
 def _eval(argv: list[str]) -> int:

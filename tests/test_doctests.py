@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["alignax.compare", "alignax.costs", "alignax.envs.base", "alignax.models.precision"]
+MODULES = ["alignax.compare", "alignax.costs", "alignax.decoding.best_of_n", "alignax.envs.base",
+           "alignax.models.precision"]
 
 
 @pytest.mark.parametrize("name", MODULES)
