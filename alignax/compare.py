@@ -14,7 +14,9 @@ was interrupted resumes from its checkpoint). The report (markdown on stdout, JS
   mean (10,000 resamples, fixed seed: the same numbers on every call);
 * per pair of methods, paired by seed: the mean difference, its 95% bootstrap interval and the
   two-sided p-value of an exact sign-flip permutation test (all 2^n sign patterns up to n = 16,
-  else 100,000 random ones). "significant" = p < 0.05.
+  else 100,000 random ones). "significant" = p < 0.05. The bootstrap intervals are
+  descriptive: with few seeds they are narrower than the data justify (at n = 6 an interval
+  can exclude 0 where the exact test gives p = 0.125); the test decides.
 
 Worked example (`paired_test`): differences [0.02, 0.03, 0.01, 0.04, 0.02] (5 seeds, all
 positive): of the 32 sign patterns only "all +" and "all -" reach |mean| >= 0.024, p = 2/32 =
