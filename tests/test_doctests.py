@@ -6,6 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["alignax.compare", "alignax.costs", "alignax.decoding.best_of_n", "alignax.envs.base",
+           "alignax.rewards.functions",
            "alignax.models.precision"]
 
 

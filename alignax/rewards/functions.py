@@ -43,6 +43,19 @@ def arithmetic_correct(prompts, completions, **_) -> list[float | None]:
     return out
 
 
+def final_answer_correct(prompts, completions, *, result_end: str = "</result>", **_
+                         ) -> list[float | None]:
+    """`arithmetic_correct` on the text after the episode's last tool result (multi-turn
+    episodes: the answer follows the calculator's `<result>...</result>`; without a result,
+    the whole completion). A completion that ends on a tool result has no answer: 0.
+
+    >>> final_answer_correct(["12+7="], ["<tool>calc(12+7)</tool><result>19</result>19"])
+    [1.0]
+    """
+    tails = [c.rsplit(result_end, 1)[-1] for c in completions]
+    return arithmetic_correct(prompts, tails)
+
+
 def _normalise(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -79,6 +92,7 @@ def brevity(prompts, completions, **_) -> list[float]:
 
 REWARD_FUNCTIONS: dict[str, RewardFn] = {
     "arithmetic_correct": arithmetic_correct,
+    "final_answer_correct": final_answer_correct,
     "answer_match": answer_match,
     "integer_format": integer_format,
     "brevity": brevity,
