@@ -110,7 +110,7 @@ def test_profile_writes_top_device_ops(tmp_path):
 
 
 def test_top_ops_counts_a_devices_op_thread_once(tmp_path):
-    from benchmarks.train_step import top_ops
+    from benchmarks.profile_ops import top_ops
 
     meta = lambda pid, tid, kind, name: {"ph": "M", "pid": pid, "tid": tid, "name": kind,
                                           "args": {"name": name}}
