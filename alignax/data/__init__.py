@@ -3,6 +3,7 @@
 from alignax.data import arithmetic, multiobjective
 from alignax.data.errors import DataError, ErrorPolicy
 from alignax.data.formats import FORMATS, SFT, Pair, Unpaired, detect_format, parse_records
+from alignax.data.kinds import as_kind
 from alignax.data.loader import BalancedBatchIterator, BatchIterator, PromptIterator
 from alignax.data.packing import PackedBatchIterator, packed_iterator, unpack
 from alignax.data.sources import read_jsonl, read_parquet, read_records
@@ -10,7 +11,7 @@ from alignax.data.tokenize import Limits, collate, default_buckets, render_chat,
 
 __all__ = [
     "FORMATS", "SFT", "BalancedBatchIterator", "BatchIterator", "DataError", "ErrorPolicy",
-    "Limits", "PackedBatchIterator", "Pair", "PromptIterator", "Unpaired", "arithmetic",
+    "Limits", "PackedBatchIterator", "Pair", "PromptIterator", "Unpaired", "arithmetic", "as_kind",
     "collate", "default_buckets", "detect_format", "multiobjective", "packed_iterator",
     "parse_records", "read_jsonl", "read_parquet", "read_records", "render_chat",
     "tokenize_examples", "unpack",

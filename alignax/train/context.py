@@ -55,49 +55,6 @@ def check_paths(cfg) -> None:
                               "model directory; a train workdir's export is WORKDIR/hf)")
 
 
-# What each data kind can be made from: a conversion, or None (an error).
-def _to_sft(ex):
-    if isinstance(ex, data.SFT):
-        return ex
-    if isinstance(ex, data.Pair):  # SFT on the preferred answers (e.g. HH's chosen text)
-        return data.SFT(ex.prompt, ex.chosen, ex.where)
-    return data.SFT(ex.prompt, ex.completion, ex.where) if ex.label else None
-
-
-def _to_unpaired(ex):
-    if isinstance(ex, data.Unpaired):
-        return [ex]
-    if isinstance(ex, data.Pair):  # TRL's unpairing: chosen desirable, rejected undesirable
-        return [data.Unpaired(ex.prompt, ex.chosen, True, ex.where),
-                data.Unpaired(ex.prompt, ex.rejected, False, ex.where)]
-    raise _kind_error(ex, "unpaired")
-
-
-def _kind_error(ex, kind):
-    path, line = ex.where or (None, None)
-    have = {data.SFT: "prompt/completion (SFT)", data.Unpaired: "prompt/completion/label",
-            data.Pair: "preference pairs"}[type(ex)]
-    need = {"pairs": "preference pairs (prompt/chosen/rejected, HH dialogues or conversations)",
-            "unpaired": "prompt/completion/label rows or preference pairs",
-            "sft": "prompt/completion, chat messages or preference pairs"}[kind]
-    return data.DataError(f"this algorithm trains on {need}; the data holds {have}", path=path,
-                          line=line, skippable=False)
-
-
-def as_kind(examples: Sequence, kind: str) -> list:
-    """Examples as the data kind an algorithm trains on ("sft", "pairs", "unpaired"), converted
-    where that is well defined (pairs -> SFT on chosen, pairs -> KTO rows), else a DataError
-    naming the file and line."""
-    if kind == "sft":
-        return [y for y in map(_to_sft, examples) if y is not None]
-    if kind == "unpaired":
-        return [y for ex in examples for y in _to_unpaired(ex)]
-    for ex in examples:
-        if not isinstance(ex, data.Pair):
-            raise _kind_error(ex, kind)
-    return list(examples)
-
-
 def build_model(model_cfg, *, seed: int, lora=None):
     """The `model` section's transformer: `path` (HF directory) or a tiny `name` + overrides;
     with LoRA adapters on it when `lora.rank > 0` (the `lora` section; seeded by `seed`)."""
@@ -199,7 +156,7 @@ class Context:
                  expand: Callable | None = None, task: Callable | None = None):
         """`(train, eval)` examples of `kind` ("sft", "pairs", "unpaired", or "prompts": any)
         from `data.path` (+ `eval_path`, or a random `eval_fraction` of it), converted to the
-        kind where that is well defined (`as_kind`), or from the built-in task (`task(n,
+        kind where that is well defined (`data.as_kind`), or from the built-in task (`task(n,
         seed)`, default the arithmetic task's examples of `kind`)."""
         d = self.cfg.data
         if d.path:
@@ -214,7 +171,7 @@ class Context:
                 train, evals = ([x for i, x in enumerate(train) if i not in held],
                                 [train[i] for i in sorted(held)])
             if kind in ("sft", "pairs", "unpaired"):
-                train, evals = as_kind(train, kind), as_kind(evals, kind)
+                train, evals = data.as_kind(train, kind), data.as_kind(evals, kind)
             return train, evals
         if task is None:
             if d.task != "arithmetic":
