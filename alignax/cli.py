@@ -4,6 +4,9 @@
   alignax sample --model DIR (--prompt TEXT ... | --prompts-file FILE) [--chat]
                  [--head-weights 0.7,0.3]
                  [--best-of N (--verifier NAME | --reward-model DIR | --reference DIR)]
+                 [--decoding args|deal|tq (--verifier | --reward-model | --reference
+                  --guide-policy DIR) [--candidates K --weight W --beams B --lookahead D
+                  --baseline DIR --rollouts M --baseline-reward-model DIR]]
   alignax eval --model DIR [--model DIR ...] [--data PAIRS --reference DIR] [--json PATH]
   alignax convert --workdir DIR [--step N] --out DIR
   alignax compare --config PATH[:VARIANT] [--config ...] --seeds N --workdir DIR
@@ -130,7 +133,33 @@ def _sample(argv: list[str]) -> int:
     best.add_argument("--reference", default="",
                       help="a reference model: score = DPO implicit reward of --model")
     best.add_argument("--beta", type=float, default=0.1, help="implicit reward's beta")
+    guided = parser.add_argument_group(
+        "guided decoding (alignax.decoding.guided_decode; scorers as for best-of-N; "
+        "--temperature 0 keeps the best candidate, T > 0 draws from softmax(score / T))")
+    guided.add_argument("--decoding", choices=("sample", "best_of_n", "args", "deal", "tq"),
+                        default="", help="default: best_of_n with --best-of, else sample")
+    guided.add_argument("--candidates", type=int, default=0,
+                        help="top-k candidates per step (default: 10 args, 4 deal / tq)")
+    guided.add_argument("--weight", type=float, default=1.0,
+                        help="the value's weight (ARGS w, DeAL lambda, TQ* alpha)")
+    guided.add_argument("--beams", type=int, default=2, help="deal: beams per prompt")
+    guided.add_argument("--lookahead", type=int, default=-1,
+                        help="continuation tokens per candidate (default: 4 deal, "
+                             "--max-new-tokens tq)")
+    guided.add_argument("--guide-policy", default="",
+                        help="with --reference: the DPO policy whose implicit reward guides")
+    guided.add_argument("--baseline", default="",
+                        help="tq: the baseline aligned model rho_BL that continues candidates")
+    guided.add_argument("--rollouts", type=int, default=1, help="tq: continuations per candidate")
+    guided.add_argument("--rollout-temperature", type=float, default=0.0,
+                        help="tq: continuation temperature (0 = greedy)")
+    guided.add_argument("--baseline-reward-model", default="",
+                        help="tq indirect transfer: rho_BL's own reward r_BL (a reward model)")
+    guided.add_argument("--indirect-beta", type=float, default=1.0,
+                        help="tq indirect transfer: beta of the importance weights")
     args = parser.parse_args(argv)
+    from alignax.sample_cli import sample_lines
+
     try:
         for line in sample_lines(args):
             print(line, flush=True)
@@ -139,165 +168,6 @@ def _sample(argv: list[str]) -> int:
             raise
         return _fail(str(e))
     return 0
-
-
-def _read_prompts(path: str) -> list:
-    """Prompts of a file: lines of text, or JSONL records with `prompt` (text) or `messages`
-    (a list of chat messages)."""
-    import json
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--prompts-file {path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    if not path.endswith(".jsonl"):
-        return [x for x in lines if x.strip()]
-    out = []
-    for i, x in enumerate(lines, 1):
-        if not x.strip():
-            continue
-        try:
-            rec = json.loads(x)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-        if isinstance(rec, dict) and isinstance(rec.get("messages"), list):
-            out.append(rec["messages"])
-        elif isinstance(rec, dict) and isinstance(rec.get("prompt"), str | list):
-            out.append(rec["prompt"])
-        else:
-            raise ValueError(f"{path}:{i}: field 'prompt': expected a string (or 'messages': "
-                             "a list of chat messages)")
-    return out
-
-
-def _prompt_text(tokenizer, prompt, chat: bool) -> tuple[str, bool]:
-    """`(text, already has its special tokens)`: chat prompts rendered by the chat template
-    with the assistant's turn opened."""
-    if isinstance(prompt, list) or chat:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True), True
-    return prompt, False
-
-
-def sample_lines(args):
-    """Yields the JSON output lines of `alignax sample` (parsed `args`)."""
-    import json
-
-    from alignax import models
-    from alignax.models.multihead import HEADS_FILE, HEADS_META
-    from alignax.sampling import decode_completions, generate
-
-    path = args.model
-    if os.path.exists(os.path.join(path, "hf", "config.json")):
-        path = os.path.join(path, "hf")  # a train workdir (its config.json is the run's)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"--model {args.model}: no such directory")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"--model {args.model}: no config.json (not an HF export nor "
-                                "a train workdir with an hf/ export)")
-    tok_path = args.tokenizer or (path if os.path.exists(os.path.join(path, "tokenizer.json"))
-                                  else "byte")
-    tokenizer = models.load_tokenizer(tok_path)
-    prompts = list(args.prompt) + (_read_prompts(args.prompts_file) if args.prompts_file
-                                   else [])
-    if not prompts:
-        raise ValueError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
-    for name, ok in (("--max-new-tokens", args.max_new_tokens >= 1),
-                     ("--num-samples", args.num_samples >= 1),
-                     ("--batch-size", args.batch_size >= 1),
-                     ("--temperature", args.temperature >= 0),
-                     ("--top-k", args.top_k >= 0), ("--top-p", 0 < args.top_p <= 1)):
-        if not ok:
-            raise ValueError(f"{name}: out of range")
-    kw = dict(dtype=args.dtype or None)
-    weights = None
-    if os.path.exists(os.path.join(path, HEADS_FILE)):
-        model, names = models.load_multihead(path, **kw)
-        if args.head_weights:
-            try:
-                raw = [float(x) for x in args.head_weights.split(",")]
-            except ValueError:
-                raise ValueError(f"--head-weights: expected comma-separated numbers, got "
-                                 f"{args.head_weights!r}") from None
-        else:
-            with open(os.path.join(path, HEADS_META), encoding="utf-8") as f:
-                raw = json.load(f)["export_weights"]
-        heads = f" ({', '.join(names)})" if names else ""
-        weights = models.check_head_weights(
-            raw, model.num_heads, field=f"--head-weights for {model.num_heads} heads{heads}")
-    else:
-        if args.head_weights:
-            raise ValueError(f"--head-weights: {path} is a single-head model (no "
-                             f"{HEADS_FILE}); drop --head-weights or use a MAH-DPO export")
-        model = models.from_hf(path, **kw)
-    rendered = [_prompt_text(tokenizer, p, args.chat) for p in prompts]
-    ids = [tokenizer.encode(t, add_special_tokens=not chat) for t, chat in rendered]
-    if any(not x for x in ids):
-        raise ValueError("an empty prompt (no tokens); every prompt needs text")
-    stops = (int(tokenizer.eos_id),)
-    if getattr(args, "best_of", 0):
-        yield from _best_of_n_lines(args, model, tokenizer, prompts, ids, weights)
-        return
-    out = generate(model, ids, max_new_tokens=args.max_new_tokens, eos_id=tokenizer.eos_id,
-                   pad_id=tokenizer.pad_id, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, num_samples=args.num_samples, stop_ids=stops,
-                   head_weights=weights, seed=args.seed,
-                   batch_size=min(args.batch_size, len(prompts)))
-    texts = decode_completions(tokenizer, out.tokens, out.mask, stop_ids=stops)
-    for r, text in enumerate(texts):
-        row = {"prompt": prompts[r // args.num_samples], "sample": r % args.num_samples,
-               "completion": text}
-        if weights is not None:
-            row["head_weights"] = [round(float(w), 6) for w in weights]
-        yield json.dumps(row, ensure_ascii=False)
-
-
-def _best_of_n_lines(args, model, tokenizer, prompts, ids, weights):
-    """`alignax sample --best-of N`: one JSON line per prompt (see `alignax.decoding`)."""
-    import json
-
-    from alignax import decoding, models, rewards
-    from alignax.sampling import decode_completions
-
-    scorers = [f for f in ("verifier", "reward_model", "reference") if getattr(args, f)]
-    if len(scorers) != 1:
-        raise ValueError("--best-of needs exactly one scorer: --verifier, --reward-model or "
-                         f"--reference (got {len(scorers)})")
-    if weights is not None or args.num_samples != 1:
-        raise ValueError("--best-of: single-head models and --num-samples 1 only")
-    if args.best_of < 1:
-        raise ValueError("--best-of: out of range")
-    if args.verifier:
-        scorer = decoding.verifier_scorer(rewards.get_reward_function(args.verifier), prompts)
-    elif args.reward_model:
-        scorer = decoding.reward_model_scorer(*rewards.load_scorer(
-            _export_dir(args.reward_model, "--reward-model")))
-    else:
-        reference = models.from_hf(_export_dir(args.reference, "--reference"),
-                                   dtype=args.dtype or None)
-        scorer = decoding.implicit_reward_scorer(model, reference, args.beta)
-    out = decoding.best_of_n(model, ids, n=args.best_of, scorer=scorer, tokenizer=tokenizer,
-                             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                             batch_size=min(args.batch_size, len(prompts)))
-    texts = decode_completions(tokenizer, out.tokens, out.mask,
-                               stop_ids=(int(tokenizer.eos_id),))
-    for i, text in enumerate(texts):
-        yield json.dumps({"prompt": prompts[i], "completion": text,
-                          "score": float(out.scores[i, out.chosen[i]]),
-                          "candidate": int(out.chosen[i]),
-                          "scores": [round(float(x), 6) for x in out.scores[i]],
-                          "forward_tokens_per_output_token": round(
-                              out.forward_tokens_per_output_token, 3)}, ensure_ascii=False)
-
-
-def _export_dir(path: str, flag: str) -> str:
-    """An HF export directory from a directory or a train workdir (its hf/)."""
-    if os.path.exists(os.path.join(path, "hf", "config.json")):
-        return os.path.join(path, "hf")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{flag} {path}: not an HF export nor a train workdir")
-    return path
 
 
 def _eval(argv: list[str]) -> int:

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from alignax import cli
+from alignax import cli, sample_cli
 from alignax.models import (
     ByteTokenizer,
     MultiHeadLM,
@@ -110,7 +110,7 @@ def test_head_weights_on_plain_model_and_missing_prompts(exports, capsys):
 def test_prompts_file_jsonl_and_errors(exports, capsys, tmp_path):
     good = tmp_path / "p.jsonl"
     good.write_text('{"prompt": "12+7="}\n\n{"prompt": "3+4=", "x": 1}\n')
-    assert cli._read_prompts(str(good)) == ["12+7=", "3+4="]
+    assert sample_cli._read_prompts(str(good)) == ["12+7=", "3+4="]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "1+1="}\n{"text": "2+2="}\n')
     code, _, err = _run(capsys, "--model", exports[0], "--prompts-file", str(bad))
