@@ -253,6 +253,9 @@ def rloo_advantages(rewards) -> jax.Array:
     """
     rewards = sg(as_float(rewards))
     g = rewards.shape[-1]
+    if g < 2:
+        raise ValueError(f"rloo_advantages: the leave-one-out mean needs G >= 2 samples per "
+                         f"prompt on the last axis, got G={g}")
     return rewards - (jnp.sum(rewards, axis=-1, keepdims=True) - rewards) / (g - 1)
 
 

@@ -333,6 +333,11 @@ def test_rloo_advantages(x64):
     # Equal to G / (G - 1) x (r - mean).
     r = np.array([0.2, 0.9, 0.5])
     np.testing.assert_allclose(losses.rloo_advantages(r), 1.5 * (r - r.mean()), rtol=1e-12)
+    # A group of one has no leave-one-out mean: an error, not 0/0 = NaN advantages.
+    with pytest.raises(ValueError, match="G >= 2 .* got G=1"):
+        losses.rloo_advantages(np.array([[1.0], [0.0]]))
+    # GRPO's group of one: advantage 0 (documented), never NaN.
+    np.testing.assert_array_equal(losses.grpo_advantages(np.array([[1.0], [0.0]])), [[0], [0]])
 
 
 def test_float32_and_bf16_inputs():

@@ -97,10 +97,10 @@ def _loss_fn(rloo: bool):
 
 GRPO_SPEC = trainer.Online(
     loss_fn=_loss_fn(False), advantages=lambda cfg: group_advantages(cfg, rloo=False),
-    needs_reference=lambda loss: bool(loss.beta), keep_nan_rewards=True)
+    needs_reference=lambda loss: bool(loss.beta), keep_nan_rewards=True, min_generations=2)
 RLOO_SPEC = trainer.Online(
     loss_fn=_loss_fn(True), advantages=lambda cfg: group_advantages(cfg, rloo=True),
-    needs_reference=lambda loss: bool(loss.kl_coef))
+    needs_reference=lambda loss: bool(loss.kl_coef), min_generations=2)
 
 _TYPES = sorted(losses.GRPO_LOSS_TYPES)
 GRPO = Algorithm("grpo", data="prompts", variants={t: GRPO_LOSS for t in _TYPES},

@@ -47,6 +47,8 @@ class Online:
       answers: scores and trains on the dataset's reference answers (GRAO).
       keep_nan_rewards: unscorable (NaN) rewards reach the advantages (GRPO leaves them out of
         the group statistics); otherwise they count as 0.
+      min_generations: the fewest samples per prompt the advantages are defined for (group
+        baselines need 2: one sample is its own group mean).
     """
 
     loss_fn: Callable
@@ -55,6 +57,7 @@ class Online:
     critic: bool = False
     answers: bool = False
     keep_nan_rewards: bool = False
+    min_generations: int = 1
 
 
 def policy_logps(graphdefs, params, batch, temperature, chunk_size):
@@ -186,6 +189,12 @@ def setup_for(spec: Online):
             raise ValueError("online training runs on one process (multi-host rollouts: not "
                              "yet)")
         cfg, ro = ctx.cfg, ctx.cfg.rollout
+        if ro.num_generations < spec.min_generations:
+            raise ValueError(
+                f"config field 'rollout.num_generations': {cfg.algorithm} needs at least "
+                f"{spec.min_generations} samples per prompt, got {ro.num_generations} (the "
+                "group baseline of one sample is itself: every advantage would be 0, or 0/0 "
+                "for RLOO's leave-one-out mean)")
         b = cfg.train.batch_size
         if b % ro.num_minibatches:
             raise ValueError(f"train.batch_size={b} prompts do not split into "

@@ -94,6 +94,15 @@ def test_bad_loss_field_is_named(tmp_path):
         train(cfg, str(tmp_path))
 
 
+@pytest.mark.parametrize("name", ["grpo", "rloo"])
+def test_a_group_of_one_is_a_config_error(tmp_path, name):
+    # One sample per prompt has no group baseline (RLOO: 0/0); TRL refuses it too.
+    with pytest.raises(ValueError, match=rf"'rollout.num_generations': {name} needs at least "
+                                         r"2 samples per prompt, got 1"):
+        train(_cfg(name, "--config.rollout.num_generations=1", "--config.train.eval_every=0"),
+              str(tmp_path))
+
+
 @pytest.mark.slow
 def test_grpo_same_numbers_on_fsdp_and_tensor_meshes(tmp_path):
     # The sampler reads the sharded parameters in place; the rollouts (tokens -> rewards) and
