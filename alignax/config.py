@@ -102,9 +102,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # `package.module:factory`; a turn ends at `tool_end` (or EOS) or after `max_turn_tokens`
     # (0 = rollout.max_new_tokens); `max_total_tokens` (0 = max_turns x (turn + observation
     # budget)) is the episode's width; observations are cut at `max_observation_chars`.
+    # `reward_weight` x the episode's summed per-turn environment rewards is added to the
+    # reward (0 = logged as episodes/environment_reward only).
     "environment": dict(name="", max_turns=3, max_turn_tokens=0, max_total_tokens=0,
                         tool_start="<tool>", tool_end="</tool>", result_start="<result>",
-                        result_end="</result>", max_observation_chars=32),
+                        result_end="</result>", max_observation_chars=32, reward_weight=0.0),
     # Online RL rewards: `functions` (built-in names, `regex:PATTERN`, or your own
     # `package.module:function`) with `weights`, a reward model in `model_path` (weight
     # `model_weight`), and length / over-long / missing-EOS shaping (0 = off).

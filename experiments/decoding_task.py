@@ -100,6 +100,15 @@ def methods(m: dict, prompts: list[str]):
     return rows
 
 
+def scorer_of(name: str) -> str:
+    """The value a row's method optimises, from its name (TQ*: the target reward r)."""
+    for key, label in (("r=rm", "rm"), ("r=verifier", "verifier"), ("r=implicit", "implicit"),
+                       ("(rm)", "rm"), ("(verifier)", "verifier"), ("(implicit", "implicit")):
+        if key in name:
+            return label
+    return "none"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for name in ("sft", "dpo", "rm", "grpo"):
@@ -126,7 +135,7 @@ def main(argv=None):
         wall = time.perf_counter() - start
         texts = decode_completions(tok, tokens, mask)
         acc = data.arithmetic.accuracy(prompts, texts)
-        row = {"method": name, "family": family, "accuracy": acc,
+        row = {"method": name, "family": family, "scorer": scorer_of(name), "accuracy": acc,
                "forward_tokens_per_output_token": spent / max(int(np.sum(mask)), 1),
                "wall_seconds": wall}
         print(json.dumps(row), flush=True)
@@ -152,15 +161,22 @@ def _plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for family in dict.fromkeys(r["family"] for r in results):
-        rs = [r for r in results if r["family"] == family]
-        ax.scatter([r["forward_tokens_per_output_token"] for r in rs],
-                   [r["accuracy"] for r in rs], label=family)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = dict(zip(dict.fromkeys(r["family"] for r in results), plt.cm.tab10.colors))
+    markers = {"none": "D", "verifier": "o", "rm": "s", "implicit": "^"}
+    for r in results:
+        ax.scatter(r["forward_tokens_per_output_token"], r["accuracy"], s=45,
+                   color=colors[r["family"]], marker=markers.get(r["scorer"], "x"))
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=f)
+               for f, c in colors.items()]
+    handles += [Line2D([], [], color="gray", marker=m, linestyle="", label=f"value: {k}")
+                for k, m in markers.items() if k != "none"]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("forward tokens per output token (log)")
     ax.set_ylabel("task accuracy (256 held-out prompts)")
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

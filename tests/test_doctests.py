@@ -6,8 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["alignax.compare", "alignax.costs", "alignax.decoding.best_of_n", "alignax.envs.base",
-           "alignax.rewards.functions",
-           "alignax.models.precision"]
+           "alignax.rewards.functions", "alignax.models.precision",
+           "alignax.algorithms.online.rollout"]
 
 
 @pytest.mark.parametrize("name", MODULES)

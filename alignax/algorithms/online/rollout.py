@@ -134,6 +134,7 @@ class EpisodeOptions:
     max_turn_tokens: int
     max_total_tokens: int       # N of the rollout's `[B, G, N]` arrays
     stop_sequence: tuple[int, ...]
+    reward_weight: float = 0.0  # environment rewards' weight in the reward (0 = logged only)
 
 
 def sample_episodes(graphdef, params, examples: Sequence[PromptExample], key,
@@ -160,8 +161,22 @@ def sample_episodes(graphdef, params, examples: Sequence[PromptExample], key,
             "mask": shape(ep.mask), "attention": shape(ep.attention_mask),
             "sampler_logps": shape(ep.logps), "lengths": shape(ep.mask.sum(-1)),
             "terminated": shape(~ep.truncated), "texts": shape(obj(ep.texts)),
+            "environment_rewards": shape(ep.rewards),
             "prompts": obj(e.prompt for e in examples),
             "answers": obj(e.answer for e in examples)}, metrics
+
+
+def add_environment_rewards(rollout: dict, weight: float) -> dict:
+    """`rewards` + weight x the episodes' summed per-turn environment rewards (a reward that
+    is NaN, unscorable, stays NaN); weight 0 leaves the rollout as it is.
+
+    >>> r = {"rewards": np.array([[1.0, np.nan]]), "environment_rewards": np.array([[0.5, 1]])}
+    >>> add_environment_rewards(r, 2.0)["rewards"].tolist()
+    [[2.0, nan]]
+    """
+    if not weight:
+        return rollout
+    return dict(rollout, rewards=rollout["rewards"] + weight * rollout["environment_rewards"])
 
 
 def add_answers(rollout: dict, examples: Sequence[PromptExample], *, pad_id: int) -> dict:

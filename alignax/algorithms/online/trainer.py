@@ -262,7 +262,8 @@ def episode_options(ctx: Context) -> rollout.EpisodeOptions | None:
         raise ConfigError(f"environment: need max_turns >= 1 and max_turn_tokens <= "
                           f"max_total_tokens (got {ec.max_turns}, {turn}, {total})")
     stop = tuple(multiturn.encode_text(ctx.tokenizer, ec.tool_end))
-    return rollout.EpisodeOptions(make_env, ec.max_turns, turn, total, stop)
+    return rollout.EpisodeOptions(make_env, ec.max_turns, turn, total, stop,
+                                  float(ec.get("reward_weight", 0.0)))
 
 
 def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, opts, shard,
@@ -293,6 +294,8 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
             sampled["rows"] += int(r["lengths"].size)
             sampled["tokens"] += int(r["lengths"].sum())
             r = scorer(r)
+            if episodes is not None:
+                r = rollout.add_environment_rewards(r, episodes.reward_weight)
             _check_scored(r, scorer.names)
             if spec.answers:
                 r = scorer.answer_rewards(rollout.add_answers(r, prompts,

@@ -36,6 +36,18 @@ def test_multiturn_grpo_trains_and_resumes(tmp_path):
     assert [r["grad_norm"] for r in again] == [r["grad_norm"] for r in rows]
 
 
+def test_environment_rewards_join_the_reward_with_their_weight(tmp_path):
+    # The scripted environment pays 1.0 at its last turn; with reward_weight 2 the logged
+    # reward is the checker's mean + 2 x the environment's.
+    train(load("grpo_tools", *SCRIPTED, "--config.train.steps=1",
+               "--config.environment.reward_weight=2.0"), tmp_path)
+    (row,) = metrics.read_metrics(str(tmp_path))
+    checker = row["rewards/arithmetic_correct/mean"]
+    assert row["episodes/environment_reward"] > 0.5
+    assert row["reward"] == pytest.approx(checker + 2.0 * row["episodes/environment_reward"],
+                                          abs=1e-6)
+
+
 def test_environment_errors_name_the_field(tmp_path):
     with pytest.raises(config.ConfigError, match="environment.name"):
         train(load("grpo_tools", "--config.environment.name=nowhere"), tmp_path / "a")
