@@ -94,6 +94,19 @@ def sampler_params_fn(params_like, *, mesh, dtype):
     return jax.jit(lambda p: cast_params(p, dtype), out_shardings=shardings)
 
 
+def prompt_width(examples: Sequence[PromptExample], cap: int) -> int:
+    """A rollout batch's prompt width: its longest prompt rounded up to a power of two (at
+    least 8), at most `cap` (`data.max_prompt_length`). A few compiled shapes, instead of
+    every row of every batch paying `cap` slots in the sampler and the training forward (512
+    for file data, where prompts are often a few dozen tokens).
+
+    >>> prompt_width([PromptExample("", (1,) * 20)], 512), prompt_width([], 512)
+    (32, 8)
+    """
+    longest = max((len(e.prompt_ids) for e in examples), default=1)
+    return min(cap, max(8, 1 << (longest - 1).bit_length()))
+
+
 def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: SamplingOptions, *,
            tokenizer, shard=None) -> dict[str, np.ndarray]:
     """Samples G completions per prompt with the policy's parameters and decodes them.
@@ -106,7 +119,8 @@ def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: Sampl
       the sampling part of a rollout (see the module docstring).
     """
     b, g, n = len(examples), opts.num_samples, opts.max_new_tokens
-    ids, pmask = left_pad([list(e.prompt_ids) for e in examples], opts.pad_id, opts.prompt_width)
+    ids, pmask = left_pad([list(e.prompt_ids) for e in examples], opts.pad_id,
+                          prompt_width(examples, opts.prompt_width))
     dev_ids, dev_mask = (ids, pmask) if shard is None else jax.device_put((ids, pmask), shard)
     out = sample_tokens(graphdef, params, dev_ids, dev_mask, key, num_samples=g,
                         max_new_tokens=n, temperature=opts.temperature, top_k=opts.top_k,
@@ -145,7 +159,8 @@ def sample_episodes(graphdef, params, examples: Sequence[PromptExample], key,
     0 on observations), its `attention` `[B, G, N]`, and `texts` the whole episode (turns and
     observations) for the reward functions; plus the episodes' metrics."""
     b, g, n = len(examples), opts.num_samples, episodes.max_total_tokens
-    ids, pmask = left_pad([list(e.prompt_ids) for e in examples], opts.pad_id, opts.prompt_width)
+    ids, pmask = left_pad([list(e.prompt_ids) for e in examples], opts.pad_id,
+                          prompt_width(examples, opts.prompt_width))
     ep = multiturn.sample_episodes(
         graphdef, params, ids, pmask, key, envs=[episodes.make_env() for _ in range(b * g)],
         tokenizer=tokenizer, prompts=[e.prompt for e in examples], num_samples=g,
@@ -230,8 +245,12 @@ def select_groups(rollouts: Sequence[dict], index: Sequence[tuple[int, int]]) ->
     fail on unequal ones), decoded texts stay `[B, G]` strings.
     """
     out = {}
+    width = max(r["prompt_ids"].shape[-1] for r in rollouts) if "prompt_ids" in rollouts[0] \
+        else 0
     for k, first in rollouts[0].items():
         items = [rollouts[i][k][b] for i, b in index]
+        if k in ("prompt_ids", "prompt_mask"):  # tries may differ in width: left-pad (masked)
+            items = [np.pad(x, (width - x.shape[-1], 0)) for x in items]
         if first.dtype == object:
             out[k] = np.empty((len(items),) + first.shape[1:], object)
             for j, item in enumerate(items):

@@ -153,6 +153,20 @@ def test_select_groups_keeps_object_shapes():
         "1", "2", "7", "8"]
 
 
+def test_prompt_widths_are_bucketed_and_tries_of_other_widths_combine():
+    ex = lambda n: rollout.PromptExample("p", tuple(range(1, n + 1)))
+    # The longest prompt rounded up to a power of two, at least 8, at most the cap.
+    assert [rollout.prompt_width([ex(n)], 512) for n in (1, 8, 9, 33, 600)] == [
+        8, 8, 16, 64, 512]
+    assert rollout.prompt_width([ex(3), ex(20)], 16) == 16
+    # DAPO's tries can differ in width: their prompts are left-padded (masked) to the widest.
+    a = {"prompt_ids": np.array([[0, 0, 5, 6]]), "prompt_mask": np.array([[0, 0, 1, 1]])}
+    b = {"prompt_ids": np.array([[0] * 6 + [7, 8]]), "prompt_mask": np.array([[0] * 6 + [1, 1]])}
+    out = rollout.select_groups([a, b], [(0, 0), (1, 0)])
+    np.testing.assert_array_equal(out["prompt_ids"], [[0] * 6 + [5, 6], [0] * 6 + [7, 8]])
+    np.testing.assert_array_equal(out["prompt_mask"], [[0] * 6 + [1, 1]] * 2)
+
+
 def test_stop_tokens_add_to_eos():
     tok = ByteTokenizer()
     ro = config.defaults("rollout").rollout
