@@ -1,7 +1,8 @@
 r"""Decoding-time alignment on the arithmetic task: accuracy vs compute (experiments/README.md).
 
     python experiments/decoding_task.py --sft runs/sft/hf --dpo runs/dpo/hf --rm runs/rm/hf \
-        --grpo runs/grpo/hf --out runs/decoding          # --quick: 32 prompts, fewer rows
+        --grpo runs/grpo/hf --out runs/decoding
+    python experiments/decoding_task.py --sft runs/sft/hf --mah runs/mah/hf --out runs/decoding
 
 Every method decodes the same held-out prompts (the trainers' evaluation draw: 256 prompts,
 `alignax eval`'s) from the SFT export, except the rows that report a trained policy's greedy
@@ -42,11 +43,7 @@ def methods(m: dict, prompts: list[str]):
     rows = []
 
     def greedy(model):
-        def run(ids):
-            out = generate(model, ids, max_new_tokens=MAX_NEW, eos_id=tok.eos_id,
-                           pad_id=tok.pad_id, batch_size=64)
-            return out.tokens, out.mask, sum(map(len, ids)) + int(out.mask.sum())
-        return run
+        return lambda ids: _greedy(model, ids, tok)
 
     for name in ("sft", "dpo", "grpo"):
         rows.append((f"greedy {name.upper()}", "trained policy" if name != "sft" else "none",
@@ -59,10 +56,9 @@ def methods(m: dict, prompts: list[str]):
                 "rm": lambda: decoding.reward_model_scorer(*nnx.split(m["rm"])),
                 "implicit": lambda: decoding.implicit_reward_scorer(m["dpo"], m["sft"],
                                                                     BETA)}[make]()
-            out = decoding.best_of_n(m["sft"], ids, n=n, scorer=scorer, tokenizer=tok,
-                                     max_new_tokens=MAX_NEW, temperature=1.0, seed=0,
-                                     batch_size=64)
-            return out.tokens, out.mask, out.forward_tokens
+            return _picked(decoding.best_of_n(m["sft"], ids, n=n, scorer=scorer,
+                                              tokenizer=tok, max_new_tokens=MAX_NEW,
+                                              temperature=1.0, seed=0, batch_size=64))
         return run
 
     for scorer in ("verifier", "rm", "implicit"):
@@ -71,10 +67,9 @@ def methods(m: dict, prompts: list[str]):
 
     def guided(search, make, **kw):
         def run(ids):
-            out = decoding.guided_decode(m["sft"], ids, search=search, scorer=make(),
-                                         tokenizer=tok, max_new_tokens=MAX_NEW, seed=0,
-                                         batch_size=64, **kw)
-            return out.tokens, out.mask, out.forward_tokens
+            return _picked(decoding.guided_decode(m["sft"], ids, search=search, scorer=make(),
+                                                  tokenizer=tok, max_new_tokens=MAX_NEW,
+                                                  seed=0, batch_size=64, **kw))
         return run
 
     guide = lambda: decoding.ImplicitGuide(m["dpo"], m["sft"], BETA)
@@ -109,14 +104,86 @@ def scorer_of(name: str) -> str:
     return "none"
 
 
+def trade_off(args) -> None:
+    """Two objectives (`correct`, `round`: the MAH-DPO task): for each weight w on `correct`
+    (1 - w on `round`), the MAH-DPO export's heads mixed (w, 1 - w) and decoded greedily,
+    against search from the SFT model with the value w x correct + (1 - w) x round (the
+    task's own scorers: an oracle): best-of-8 and DeAL. Writes `trade_off.json` / `.md`."""
+    from alignax.data.arithmetic import is_correct, is_round
+    from alignax.models import load_multihead
+
+    tok = load_tokenizer("byte")
+    pairs = data.arithmetic.preference_pairs(args.prompts, seed=10_000, max_operand=20,
+                                             error_offsets=(1,))
+    prompts = [p.prompt for p in pairs]
+    ids = [tok.encode(p) for p in prompts]
+    sft, (mah, _) = from_hf(args.sft), load_multihead(args.mah)
+    rows = []
+    for w in (1.0, 0.75, 0.5, 0.25, 0.0):
+        def value(ps, cs, w=w):
+            return [w * is_correct(p, c) + (1 - w) * is_round(p, c) for p, c in zip(ps, cs)]
+
+        runs = {
+            "MAH-DPO heads (greedy)": lambda w=w: _greedy(mah, ids, tok, head_weights=[w, 1 - w]),
+            "best-of-8 (value)": lambda value=value: _picked(decoding.best_of_n(
+                sft, ids, n=8, scorer=decoding.verifier_scorer(value, prompts), tokenizer=tok,
+                max_new_tokens=MAX_NEW, temperature=1.0, batch_size=64)),
+            "DeAL b=2 k=3 d=3 (value)": lambda value=value: _picked(decoding.guided_decode(
+                sft, ids, search=decoding.deal_search(candidates=3, beams=2, lookahead=3,
+                                                      weight=10.0),
+                scorer=decoding.verifier_sequence_scorer(value, prompts, tok), tokenizer=tok,
+                max_new_tokens=MAX_NEW, batch_size=64)),
+        }
+        for name, run in runs.items():
+            tokens, mask, spent = run()
+            texts = decode_completions(tok, tokens, mask)
+            rows.append({"method": name, "w_correct": w,
+                         "correct": float(np.mean([is_correct(p, c)
+                                                   for p, c in zip(prompts, texts)])),
+                         "round": float(np.mean([is_round(p, c)
+                                                 for p, c in zip(prompts, texts)])),
+                         "forward_tokens_per_output_token": spent / max(int(mask.sum()), 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    with open(os.path.join(args.out, "trade_off.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    lines = ["| method | w (correct, round) | correct | round | forward tokens / output token |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['w_correct']:g}, {1 - r['w_correct']:g} | "
+              f"{r['correct']:.3f} | {r['round']:.3f} | "
+              f"{r['forward_tokens_per_output_token']:.1f} |" for r in rows]
+    with open(os.path.join(args.out, "trade_off.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _greedy(model, ids, tok, **kw):
+    out = generate(model, ids, max_new_tokens=MAX_NEW, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                   batch_size=64, **kw)
+    return out.tokens, out.mask, sum(map(len, ids)) + int(out.mask.sum())
+
+
+def _picked(out):
+    return out.tokens, out.mask, out.forward_tokens
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for name in ("sft", "dpo", "rm", "grpo"):
-        parser.add_argument(f"--{name}", required=True, help=f"the {name} HF export")
+        parser.add_argument(f"--{name}", default="", help=f"the {name} HF export")
+    parser.add_argument("--mah", default="",
+                        help="a MAH-DPO export: run the two-objective trade-off instead")
     parser.add_argument("--out", required=True)
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--only", default="", help="run rows whose name contains this")
     args = parser.parse_args(argv)
+    if args.mah:
+        if not args.sft:
+            parser.error("--mah needs --sft")
+        os.makedirs(args.out, exist_ok=True)
+        return trade_off(args)
+    missing = [f"--{n}" for n in ("sft", "dpo", "rm", "grpo") if not getattr(args, n)]
+    if missing:
+        parser.error(f"missing {', '.join(missing)}")
     os.makedirs(args.out, exist_ok=True)
     pairs = data.arithmetic.preference_pairs(args.prompts, seed=10_000, max_operand=20,
                                              error_offsets=(1,))

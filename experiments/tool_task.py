@@ -30,13 +30,19 @@ def sums(n: int, seed: int, lo: int = 100, hi: int = 999) -> list[tuple[str, int
     return [(f"{a}+{b}=", a + b) for a, b in rng.integers(lo, hi + 1, (n, 2)).tolist()]
 
 
-def write_data(out: str, n_demos: int, n_prompts: int) -> None:
+def write_data(out: str, n_demos: int, n_prompts: int, direct_fraction: float = 0.0) -> None:
+    """Demonstrations (`sft.jsonl`) and GRPO prompts (`prompts.jsonl`). A `direct_fraction`
+    of the demonstrations answer without the tool (the right sum, written directly: an
+    annotator who did the sum in their head), so the SFT model learns both habits and has to
+    find out which one pays."""
     os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(4)
     with open(os.path.join(out, "sft.jsonl"), "w", encoding="utf-8") as f:
         for prompt, total in sums(n_demos, seed=1):
             call = prompt[:-1]
-            f.write(json.dumps({"prompt": prompt, "completion": f"<tool>calc({call})</tool>"
-                                f"<result>{total}</result>{total}"}) + "\n")
+            completion = (str(total) if rng.random() < direct_fraction else
+                          f"<tool>calc({call})</tool><result>{total}</result>{total}")
+            f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
     with open(os.path.join(out, "prompts.jsonl"), "w", encoding="utf-8") as f:
         for prompt, total in sums(n_prompts, seed=2):  # prompt/completion: the answer rides along
             f.write(json.dumps({"prompt": prompt, "completion": str(total)}) + "\n")
@@ -85,12 +91,14 @@ def main(argv=None) -> int:
     d.add_argument("--out", required=True)
     d.add_argument("--demos", type=int, default=2000)
     d.add_argument("--prompts", type=int, default=2000)
+    d.add_argument("--direct-fraction", type=float, default=0.0,
+                   help="share of demonstrations that answer without the tool")
     e = sub.add_parser("eval")
     e.add_argument("--model", required=True)
     e.add_argument("--prompts", type=int, default=256)
     args = p.parse_args(argv)
     if args.cmd == "data":
-        write_data(args.out, args.demos, args.prompts)
+        write_data(args.out, args.demos, args.prompts, args.direct_fraction)
     else:
         print(json.dumps(evaluate(args.model, args.prompts), indent=2))
     return 0

@@ -163,8 +163,8 @@ def sample_episodes(graphdef, params, prompt_ids, prompt_mask, key, *, envs: Seq
                     max_turns: int, max_total_tokens: int, max_turn_tokens: int,
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                     stop_ids: tuple[int, ...] | None = None,
-                    stop_sequence: tuple[int, ...] = (), pad_id: int | None = None
-                    ) -> Episodes:
+                    stop_sequence: tuple[int, ...] = (), pad_id: int | None = None,
+                    shard=None) -> Episodes:
     """Samples G multi-turn episodes per prompt against `envs` (one per row, prompt-major).
 
     Args:
@@ -182,6 +182,10 @@ def sample_episodes(graphdef, params, prompt_ids, prompt_mask, key, *, envs: Seq
       stop_sequence: token ids that end a turn (a tool call's end tag), e.g.
         `tuple(tokenizer.encode("</tool>"))`.
       pad_id: written after a row stopped (default the tokenizer's pad id).
+      shard: a row sharding (`sharding.batch_sharding(mesh)`, B divisible by its size): the
+        prompts, each turn's live rows and each observation block are placed with it, so the
+        rows (and their KV caches) split over the data-parallel devices; the environments stay
+        on the host. None = one device.
     Returns: `Episodes`.
     """
     if max_turns < 1 or max_turn_tokens < 1 or max_total_tokens < max_turn_tokens:
@@ -207,7 +211,8 @@ def sample_episodes(graphdef, params, prompt_ids, prompt_mask, key, *, envs: Seq
     ended, truncated = np.zeros(r, bool), np.zeros(r, bool)
     texts = [""] * r
 
-    logits, cache = _start(graphdef, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
+    put = jnp.asarray if shard is None else (lambda x: jax.device_put(np.asarray(x), shard))
+    logits, cache = _start(graphdef, params, put(prompt_ids), put(prompt_mask),
                            width=n_total, num_samples=num_samples)
     pos = 0
 
@@ -228,8 +233,7 @@ def sample_episodes(graphdef, params, prompt_ids, prompt_mask, key, *, envs: Seq
             texts[i] += tokenizer.decode(obs)
         if w <= 0:
             return
-        logits, cache = _observe(graphdef, params, logits, cache, jnp.asarray(ids),
-                                 jnp.asarray(obs_mask))
+        logits, cache = _observe(graphdef, params, logits, cache, put(ids), put(obs_mask))
         tokens[:, pos:pos + w], attn[:, pos:pos + w] = ids, obs_mask
         pos += w
 
@@ -239,7 +243,7 @@ def sample_episodes(graphdef, params, prompt_ids, prompt_mask, key, *, envs: Seq
         steps = min(max_turn_tokens, n_total - pos)
         if steps <= 0 or ended.all():
             break
-        out = _turn(graphdef, params, logits, cache, jnp.asarray(~ended),
+        out = _turn(graphdef, params, logits, cache, put(~ended),
                     jax.random.fold_in(key, turn), steps=steps, temperature=temperature,
                     top_k=top_k, top_p=top_p, stop_ids=stop_ids,
                     stop_sequence=tuple(stop_sequence), pad_id=pad_id)

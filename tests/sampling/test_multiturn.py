@@ -90,6 +90,20 @@ def test_logps_equal_a_full_forward_over_the_episode(policy):
     assert m["episodes/tool_call_fraction"] == 1.0 and m["episodes/tool_errors"] == 1
 
 
+def test_rows_sharded_over_devices_give_the_same_episodes(policy):
+    # The prompts' rows (and with them the KV caches, each turn's live rows and observation
+    # blocks) split over 2 data-parallel devices: the same episodes as on one device.
+    from alignax import sharding
+
+    one = _episodes(policy, key=5)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1})
+    two = _episodes(policy, key=5, shard=sharding.batch_sharding(mesh))
+    np.testing.assert_array_equal(two.tokens, one.tokens)
+    np.testing.assert_array_equal(two.attention_mask, one.attention_mask)
+    np.testing.assert_allclose(two.logps, one.logps, atol=1e-6)
+    assert list(two.tool_calls) == list(one.tool_calls) and two.texts == one.texts
+
+
 def test_same_key_same_episodes_and_budgets_truncate(policy):
     a, b = _episodes(policy, key=3), _episodes(policy, key=3)
     np.testing.assert_array_equal(a.tokens, b.tokens)

@@ -152,7 +152,7 @@ class EpisodeOptions:
 
 
 def sample_episodes(graphdef, params, examples: Sequence[PromptExample], key,
-                    opts: SamplingOptions, episodes: EpisodeOptions, *, tokenizer
+                    opts: SamplingOptions, episodes: EpisodeOptions, *, tokenizer, shard=None
                     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """`sample` for multi-turn episodes (`sampling.multiturn.sample_episodes`): the same
     rollout dict, with `tokens` / `mask` / `sampler_logps` over each episode's stream (`mask`
@@ -167,7 +167,7 @@ def sample_episodes(graphdef, params, examples: Sequence[PromptExample], key,
         max_turns=episodes.max_turns, max_total_tokens=n,
         max_turn_tokens=episodes.max_turn_tokens, temperature=opts.temperature,
         top_k=opts.top_k, top_p=opts.top_p, stop_ids=opts.stop_ids,
-        stop_sequence=episodes.stop_sequence, pad_id=opts.pad_id)
+        stop_sequence=episodes.stop_sequence, pad_id=opts.pad_id, shard=shard)
     obj = lambda xs: np.array(list(xs) + [None], dtype=object)[:-1]
     shape = lambda x: x.reshape(b, g, *x.shape[1:])
     metrics = ep.metrics()

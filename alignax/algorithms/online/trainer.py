@@ -289,7 +289,7 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
             else:
                 r, episode_metrics = rollout.sample_episodes(
                     graphdef, policy_params, prompts, key, opts, episodes,
-                    tokenizer=ctx.tokenizer)
+                    tokenizer=ctx.tokenizer, shard=shard)
             sampled["seconds"] += time.perf_counter() - t0
             sampled["rows"] += int(r["lengths"].size)
             sampled["tokens"] += int(r["lengths"].sum())
