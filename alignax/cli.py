@@ -51,7 +51,12 @@ TRAIN_HELP = """Trains as the config says, in WORKDIR (resuming there from its l
 Any config field can be overridden: --config.KEY=VALUE, VALUE a Python literal or a bare
 string, e.g. --config.loss.name=ipo --config.train.steps=500 --config.model.path=DIR
 --config.data.path=pairs.jsonl. Every field, its default and its meaning: alignax/config.py;
-each algorithm's loss keywords: alignax/algorithms/__init__.py."""
+each algorithm's loss keywords: alignax/algorithms/__init__.py.
+
+Several processes (a TPU pod, a SLURM job, or local processes): run the same command in
+every process. On a TPU pod, under `srun`, Open MPI or with JAX_COORDINATOR_ADDRESS set,
+jax.distributed starts from the environment; elsewhere give --coordinator HOST:PORT
+--num-processes N --process-id I (docs/scale.md)."""
 
 
 def _train(argv: list[str]) -> int:
@@ -62,7 +67,25 @@ def _train(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, help="PATH[:VARIANT], e.g. "
                         "experiments/configs/dpo.py:smoke")
     parser.add_argument("--workdir", required=True, help="the run's directory")
+    parser.add_argument("--coordinator", default="",
+                        help="multi-process: process 0's HOST:PORT (jax.distributed)")
+    parser.add_argument("--num-processes", type=int, default=0)
+    parser.add_argument("--process-id", type=int, default=-1)
     args, rest = parser.parse_known_args(argv)
+    explicit = (bool(args.coordinator), args.num_processes > 0, args.process_id >= 0)
+    if any(explicit) and not all(explicit):
+        return _fail("--coordinator, --num-processes and --process-id go together")
+    if all(explicit) and not 0 <= args.process_id < args.num_processes:
+        return _fail(f"--process-id {args.process_id}: out of range for --num-processes "
+                     f"{args.num_processes}")
+    from alignax import distributed
+
+    if all(explicit):
+        distributed.initialize_distributed(coordinator_address=args.coordinator,
+                                           num_processes=args.num_processes,
+                                           process_id=args.process_id)
+    else:
+        distributed.initialize_distributed()  # a pod / SLURM / MPI environment, else nothing
     from alignax import algorithms, config
     from alignax.data import DataError
     from alignax.data.errors import SKIP_HINT

@@ -20,6 +20,33 @@ from jax.sharding import Mesh
 from alignax.sharding import Rules, batch_sharding, check_batch_size
 
 
+def is_primary() -> bool:
+    """Whether this process writes the run's files (metrics, config, summary, exports, caches):
+    process 0. Every process computes; one writes, so a shared workdir gets each file once."""
+    return jax.process_index() == 0
+
+
+def host_tree(tree) -> Any:
+    """`tree`'s arrays as host numpy arrays, whole (global), in every process: `device_get` on
+    one process; on several, an all-gather (a collective: every process must call it), since
+    a sharded array's other rows live on other hosts."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def process_sum(value: int) -> int:
+    """A host-side count (tokens of this process's rows, ...) summed over the processes: an
+    all-gather on several (every process must call it), the value itself on one."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(np.asarray(multihost_utils.process_allgather(np.asarray(value))).sum())
+
+
 def process_batch_slice(global_batch_size: int, *, mesh: Mesh,
                         rules: Rules | None = None) -> slice:
     """The rows of the global batch that this process loads (`[start, stop)` of `B`).

@@ -43,13 +43,18 @@ class MetricsWriter:
       tensorboard: write TensorBoard events.
       wandb: `{"project": ..., "name": ..., "config": ...}` to log to W&B too (imported
         lazily; resumed runs continue the same W&B run), or None.
+      enabled: False = write nothing (`write` still returns the row): the processes of a
+        multi-process run other than the first.
     """
 
     def __init__(self, workdir: str, *, resume_step: int | None = None, tensorboard: bool = True,
-                 wandb: dict | None = None):
+                 wandb: dict | None = None, enabled: bool = True):
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
-        if resume_step is not None and os.path.exists(self.path):
+        self.enabled = enabled
+        if not enabled:
+            tensorboard, wandb = False, None
+        elif resume_step is not None and os.path.exists(self.path):
             self._truncate_after(resume_step)
         self._tb = None
         if tensorboard:
@@ -83,6 +88,8 @@ class MetricsWriter:
     def write(self, step: int, metrics: dict, *, prefix: str = "") -> dict:
         row = {"step": int(step)}
         row.update({prefix + k: _scalar(v) for k, v in metrics.items()})
+        if not self.enabled:
+            return row
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         tagged = {(k if k.startswith("eval/") else f"train/{k}"): v for k, v in row.items()

@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from alignax import data, losses
+from alignax import data, distributed, losses
 from alignax.algorithms.base import Algorithm, loss_kwargs, precompute_arrays
 from alignax.algorithms.dpo import reference_logps, reference_logps_fn
 from alignax.config import ConfigError
@@ -220,8 +220,8 @@ def _pairs(ctx: Context, names: list[str], policy: data.ErrorPolicy):
 class ObjectiveCounts:
     """The training batches, counting the pairs seen per objective (resumable with them)."""
 
-    def __init__(self, batches, names: Sequence[str], process_count: int):
-        self.batches, self.names, self.scale = batches, list(names), process_count
+    def __init__(self, batches, names: Sequence[str]):
+        self.batches, self.names = batches, list(names)
         self.seen = {n: 0 for n in self.names}
 
     def __next__(self) -> dict:
@@ -230,8 +230,8 @@ class ObjectiveCounts:
     def metrics(self, batch) -> dict[str, int]:
         counts = np.bincount(batch["objective"][batch["objective"] >= 0],
                              minlength=len(self.names))
-        for name, c in zip(self.names, counts):  # process-local counts (one process: exact)
-            self.seen[name] += int(c) * self.scale
+        for name, c in zip(self.names, counts):  # each process holds its rows: sum them all
+            self.seen[name] += distributed.process_sum(int(c))
         return {f"{name}/examples_seen": self.seen[name] for name in self.names}
 
     def state_dict(self) -> dict:
@@ -302,7 +302,7 @@ def setup(ctx: Context) -> Plan:
     iterator = (functools.partial(data.BalancedBatchIterator, num_objectives=len(names))
                 if cfg.data.balance else data.BatchIterator)
     counts = ObjectiveCounts(ctx.batches(rows.train, iterator=iterator, arrays=arrays[0]),
-                             names, ctx.process_slice[1])
+                             names)
     labels, weights = eval_weights(heads, names)
     task = not cfg.data.path
     prompts = data.arithmetic.eval_prompts(cfg.train.eval_prompts, seed=cfg.train.seed + 20_000,

@@ -78,7 +78,8 @@ def _load_or_compute(path: str, compute, *, load, save, valid, what: str, log) -
             log(f"{what}: reusing {path}")
             return value
     value = compute()
-    atomic_write(path, lambda tmp: save(value, tmp))
+    if jax.process_index() == 0:  # one writer per shared workdir
+        atomic_write(path, lambda tmp: save(value, tmp))
     log(f"{what}: computed -> {path}")
     return value
 

@@ -118,13 +118,15 @@ def write_config(cfg, workdir: str) -> None:
                 "resume with the same config, use another workdir, or set "
                 "--config.resume.allow_changes=True")
     os.makedirs(workdir, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(cfg.to_json(indent=2))
+    if distributed.is_primary():
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(cfg.to_json(indent=2))
 
 
 def write_summary(summary: dict[str, Any], workdir: str) -> dict[str, Any]:
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    if distributed.is_primary():
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
     return summary
 
 
@@ -135,9 +137,10 @@ def before_training(workdir: str, start: int, compute) -> dict[str, Any]:
     path = os.path.join(workdir, "before.json")
     if start == 0:
         out = compute()
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
-        os.replace(path + ".tmp", path)
+        if distributed.is_primary():
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(out, f, indent=2)
+            os.replace(path + ".tmp", path)
         return out
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -190,12 +193,10 @@ def check_finite(loss: float, step: int, *, manager, workdir: str) -> None:
 
 def offline_step(ctx: Context, plan: Plan) -> Callable[[Update], Step]:
     """One update on the next batch of `plan.data` (a multi-host global batch on a pod)."""
-    _, count = ctx.process_slice
-
     def make(update: Update) -> Step:
         def step(state):
             batch = next(plan.data)
-            tokens = int(np.sum(batch["attention_mask"])) * count
+            tokens = distributed.process_sum(int(np.sum(batch["attention_mask"])))
             extra = plan.batch_metrics(batch) if plan.batch_metrics else {}
             if jax.process_count() > 1:
                 batch = distributed.host_local_to_global(batch, mesh=ctx.mesh)
@@ -241,7 +242,8 @@ def train_steps(ctx: Context, *, state, start: int, step: Step, data, manager,
     config_json = json.loads(cfg.to_json())
     wandb = (dict(project=cfg.logging.wandb_project, name=cfg.logging.wandb_name,
                   config=config_json) if cfg.logging.wandb else None)
-    writer = metrics.MetricsWriter(ctx.workdir, resume_step=start, wandb=wandb)
+    writer = metrics.MetricsWriter(ctx.workdir, resume_step=start, wandb=wandb,
+                                   enabled=distributed.is_primary())
     seen = writer.last_row().get("num_tokens") or 0 if start else 0
     progress = metrics.Progress(steps, every=cfg.train.log_every, start=start)
     t0 = time.perf_counter()
@@ -264,13 +266,14 @@ def train_steps(ctx: Context, *, state, start: int, step: Step, data, manager,
                 row.update({f"eval/{k}": v for k, v in res.items()})
             writer.write(s, row)
             final = s == steps
-            checkpoint.save_checkpoint(manager, step=s, state=state,
-                                       data_state=data.state_dict(), config=config_json,
-                                       force=final)
+            saved = checkpoint.save_checkpoint(manager, step=s, state=state,
+                                               data_state=data.state_dict(),
+                                               config=config_json, force=final)
             if guard.should_stop(s):
-                checkpoint.save_checkpoint(manager, step=s, state=state,
-                                           data_state=data.state_dict(), config=config_json,
-                                           force=True)
+                if not saved:  # (on several processes orbax saves at the sync point itself)
+                    checkpoint.save_checkpoint(manager, step=s, state=state,
+                                               data_state=data.state_dict(),
+                                               config=config_json, force=True)
                 manager.wait_until_finished()
                 ctx.log(f"preempted: saved step {s}; rerun the same command to resume")
                 writer.close()
@@ -341,8 +344,10 @@ def run(cfg, workdir: str, setup: Callable[[Context], Plan], *, log=print,
         summary.update(plan.finish(state))
     if cfg.train.export_hf and plan.export is not None:
         export = os.path.join(workdir, "hf")
-        plan.export(jax.device_get(state.params), export)
-        export_tokenizer(cfg, export)
+        params = distributed.host_tree(state.params)  # every process takes part
+        if distributed.is_primary():
+            plan.export(params, export)
+            export_tokenizer(cfg, export)
         summary["hf_export"] = export
     return write_summary(summary, workdir)
 

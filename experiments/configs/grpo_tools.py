@@ -6,8 +6,8 @@ a `<tool>calc(EXPR)</tool>` call ends the turn and the environment appends
 `<result>VALUE</result>` (masked out of the loss), up to `environment.max_turns` turns; the
 reward checks the episode's answer. Your own environment: `--config.environment.name=
 my_envs:make` (a zero-argument callable returning an `alignax.envs.Environment`).
-The worked "learns to use the tool" run (SFT on tool demonstrations, then this) is not in
-experiments/README.md yet.
+The worked run (SFT on demonstrations, half of them without the tool, then this: the policy
+learns to call the tool) is in experiments/README.md, "Calculator tool".
 """
 
 import common

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignax import data, losses, sharding
+from alignax import data, distributed, losses, sharding
 from alignax.models import Transformer, logprobs
 from alignax.sampling import cast_params, decode_completions, left_pad, multiturn, sample_tokens
 
@@ -125,7 +125,9 @@ def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: Sampl
     out = sample_tokens(graphdef, params, dev_ids, dev_mask, key, num_samples=g,
                         max_new_tokens=n, temperature=opts.temperature, top_k=opts.top_k,
                         top_p=opts.top_p, stop_ids=opts.stop_ids, pad_id=opts.pad_id)
-    tokens, logps, mask = (np.asarray(x) for x in out)
+    # Every process takes the whole rollout to the host (an all-gather across processes):
+    # rewards, advantages' inputs and metrics are then computed identically everywhere.
+    tokens, logps, mask = (np.asarray(x) for x in distributed.host_tree(tuple(out)))
     texts = decode_completions(tokenizer, tokens, mask, stop_ids=opts.stop_ids)
     lengths = mask.sum(-1)
     last = np.take_along_axis(tokens, np.maximum(lengths - 1, 0)[:, None], -1)[:, 0]
