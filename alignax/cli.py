@@ -71,6 +71,9 @@ def _train(argv: list[str]) -> int:
                         help="multi-process: process 0's HOST:PORT (jax.distributed)")
     parser.add_argument("--num-processes", type=int, default=0)
     parser.add_argument("--process-id", type=int, default=-1)
+    parser.add_argument("--heartbeat-timeout", type=int, default=0,
+                        help="multi-process: seconds after which the others stop when a "
+                             "process died (0 = JAX's default, 100)")
     args, rest = parser.parse_known_args(argv)
     explicit = (bool(args.coordinator), args.num_processes > 0, args.process_id >= 0)
     if any(explicit) and not all(explicit):
@@ -83,9 +86,10 @@ def _train(argv: list[str]) -> int:
     if all(explicit):
         distributed.initialize_distributed(coordinator_address=args.coordinator,
                                            num_processes=args.num_processes,
-                                           process_id=args.process_id)
-    else:
-        distributed.initialize_distributed()  # a pod / SLURM / MPI environment, else nothing
+                                           process_id=args.process_id,
+                                           heartbeat_timeout_seconds=args.heartbeat_timeout)
+    else:  # a pod / SLURM / MPI environment, else nothing
+        distributed.initialize_distributed(heartbeat_timeout_seconds=args.heartbeat_timeout)
     from alignax import algorithms, config
     from alignax.data import DataError
     from alignax.data.errors import SKIP_HINT

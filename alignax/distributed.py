@@ -95,7 +95,8 @@ def _cluster_detected() -> bool:
 
 def initialize_distributed(*, coordinator_address: str | None = None,
                            num_processes: int | None = None, process_id: int | None = None,
-                           local_device_ids: Sequence[int] | None = None) -> bool:
+                           local_device_ids: Sequence[int] | None = None,
+                           heartbeat_timeout_seconds: int | None = None) -> bool:
     """Starts multi-host JAX; call once per process before any other JAX call.
 
     * explicit: `coordinator_address="10.0.0.1:1234", num_processes=N, process_id=i`;
@@ -104,6 +105,8 @@ def initialize_distributed(*, coordinator_address: str | None = None,
     * otherwise a single process: nothing to do.
 
     On CPU the cross-process collectives use gloo (`jax_cpu_collectives_implementation`).
+    If a process dies, the others stop with "heartbeat timeout ... another task died" after
+    `heartbeat_timeout_seconds` (JAX's default: 100 s) instead of waiting in a collective.
 
     Returns:
       whether `jax.distributed` is initialised (multi-process).
@@ -117,7 +120,16 @@ def initialize_distributed(*, coordinator_address: str | None = None,
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except AttributeError:  # pragma: no cover - flag renamed in a future jax
         pass
+    extra = {}
+    if heartbeat_timeout_seconds:
+        import inspect
+
+        if "heartbeat_timeout_seconds" not in inspect.signature(
+                jax.distributed.initialize).parameters:
+            raise ValueError(f"heartbeat_timeout_seconds: jax {jax.__version__}'s "
+                             "jax.distributed.initialize has no such setting")
+        extra["heartbeat_timeout_seconds"] = int(heartbeat_timeout_seconds)
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids)
+                               local_device_ids=local_device_ids, **extra)
     return True

@@ -6,9 +6,9 @@ process, rewards and advantages computed from the whole batch) and the offline e
 
 import json
 import os
-import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -25,41 +25,33 @@ COMMON = ("--config.train.steps=3", "--config.train.eval_every=0",
           "--config.train.export_hf=False")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LAUNCH = os.path.join(ROOT, "experiments", "launch", "local_cpu.sh")
 
 
-def _two_processes(name: str, workdir, overrides) -> list[str]:
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if "xla_force_host_platform_device_count" not in f]
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=4"]))
-    port = _free_port()
-    cmd = [sys.executable, "-m", "alignax.cli", "train", "--config",
+def _launch(name: str, workdir, overrides, *, logs, extra=(), wait=True):
+    """`experiments/launch/local_cpu.sh 2 4 ...`: the documented local recipe."""
+    os.makedirs(logs, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHON=sys.executable, LOGDIR=str(logs))
+    cmd = ["bash", LAUNCH, "2", "4", "--config",
            os.path.join(ROOT, "experiments", "configs", f"{name}.py:smoke"),
-           "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}",
-           "--num-processes", "2", *overrides]
-    procs = [subprocess.Popen(cmd + ["--process-id", str(i)], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i in range(2)]
-    logs = []
+           "--workdir", str(workdir), *overrides, *extra]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    if not wait:
+        return proc
     try:
-        for p in procs:
-            logs.append(p.communicate(timeout=300)[0].decode()[-3000:])
+        proc.wait(timeout=300)
     finally:
-        for p in procs:
-            p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    return logs
+        proc.kill()
+    out = "\n".join((logs / f"process{i}.log").read_text()[-2000:] for i in range(2))
+    assert proc.returncode == 0, out
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_two_processes_train_as_one(tmp_path, name):
     overrides = (*CASES[name], *COMMON)
-    _two_processes(name, tmp_path / "two", overrides)
+    _launch(name, tmp_path / "two", overrides, logs=tmp_path / "logs")
     train(load(name, *overrides), tmp_path / "one")
     two, one = metrics.read_metrics(str(tmp_path / "two")), metrics.read_metrics(
         str(tmp_path / "one"))
@@ -76,3 +68,41 @@ def test_two_processes_train_as_one(tmp_path, name):
         assert two[-1]["correct/examples_seen"] == one[-1]["correct/examples_seen"]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["steps"] == 3
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_with_a_clear_error(tmp_path):
+    # No hang in a collective: the survivor's coordination service misses the dead process's
+    # heartbeats and ends it (--heartbeat-timeout 5) with a message that says so.
+    logs = tmp_path / "logs"
+    launcher = _launch("dpo", tmp_path / "run", ("--config.train.steps=100000",
+                                                 "--config.train.eval_every=0"),
+                       logs=logs, extra=("--heartbeat-timeout", "5"), wait=False)
+    try:
+        deadline = time.time() + 240
+        while "step 4/" not in _text(logs / "process1.log"):
+            assert time.time() < deadline and launcher.poll() is None, _text(logs / "process0.log")
+            time.sleep(0.5)
+        os.kill(_child(launcher.pid, "--process-id\x001\x00"), 9)
+        killed = time.time()
+        launcher.wait(timeout=120)
+        waited = time.time() - killed
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    survivor = _text(logs / "process0.log")
+    assert "stopped sending heartbeats" in survivor or "heartbeat timeout" in survivor
+    assert waited < 60, waited
+
+
+def _child(parent: int, marker: str) -> int:
+    """The launcher's child process whose command line contains `marker`."""
+    for pid in subprocess.check_output(["pgrep", "-P", str(parent)]).split():
+        with open(f"/proc/{int(pid)}/cmdline") as f:
+            if marker in f.read():
+                return int(pid)
+    raise AssertionError(f"no child of {parent} with {marker!r}")
+
+
+def _text(path) -> str:
+    return path.read_text() if path.exists() else ""
