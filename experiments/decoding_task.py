@@ -8,7 +8,8 @@ Every method decodes the same held-out prompts (the trainers' evaluation draw: 2
 `alignax eval`'s) from the SFT export, except the rows that report a trained policy's greedy
 decoding. Accuracy = `data.arithmetic.accuracy` of the returned completion; compute = forward
 tokens per output token (`alignax.decoding`); plus wall seconds (compile included). Writes
-`results.json`, `table.md` and `accuracy_vs_compute.png` under `--out`.
+`results.json`, `results.md` and `accuracy_vs_compute.png` under `--out` (with `--mah`:
+`trade_off.json`, `trade_off.md`).
 
 Scorers: `verifier` = the task's own checker (`arithmetic_correct`: an oracle, so best-of-N
 with it is pass@N), `rm` = the reward model trained on the task's preference pairs,
@@ -144,14 +145,19 @@ def trade_off(args) -> None:
                                                  for p, c in zip(prompts, texts)])),
                          "forward_tokens_per_output_token": spent / max(int(mask.sum()), 1)})
             print(json.dumps(rows[-1]), flush=True)
-    with open(os.path.join(args.out, "trade_off.json"), "w") as f:
+    _write(args.out, "trade_off", rows,
+           "| method | w (correct, round) | correct | round | forward tokens / output token |",
+           lambda r: f"| {r['method']} | {r['w_correct']:g}, {1 - r['w_correct']:g} | "
+                     f"{r['correct']:.3f} | {r['round']:.3f} | "
+                     f"{r['forward_tokens_per_output_token']:.1f} |")
+
+
+def _write(out: str, name: str, rows: list[dict], header: str, line) -> None:
+    """`OUT/NAME.json` (the rows) and `OUT/NAME.md` (a markdown table), printed too."""
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    lines = ["| method | w (correct, round) | correct | round | forward tokens / output token |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['w_correct']:g}, {1 - r['w_correct']:g} | "
-              f"{r['correct']:.3f} | {r['round']:.3f} | "
-              f"{r['forward_tokens_per_output_token']:.1f} |" for r in rows]
-    with open(os.path.join(args.out, "trade_off.md"), "w") as f:
+    lines = [header, "|" + "---|" * (header.count("|") - 1)] + [line(r) for r in rows]
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -207,16 +213,10 @@ def main(argv=None):
                "wall_seconds": wall}
         print(json.dumps(row), flush=True)
         results.append(row)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    lines = ["| method | family | task accuracy | forward tokens / output token | wall s |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['family']} | {r['accuracy']:.3f} | "
-              f"{r['forward_tokens_per_output_token']:.1f} | {r['wall_seconds']:.1f} |"
-              for r in results]
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    _write(args.out, "results", results,
+           "| method | family | task accuracy | forward tokens / output token | wall s |",
+           lambda r: f"| {r['method']} | {r['family']} | {r['accuracy']:.3f} | "
+                     f"{r['forward_tokens_per_output_token']:.1f} | {r['wall_seconds']:.1f} |")
     _plot(results, os.path.join(args.out, "accuracy_vs_compute.png"))
 
 

@@ -44,3 +44,41 @@ def test_evaluation_runs_on_a_tiny_export(tmp_path):
     for key in ("accuracy_without_tool", "accuracy_with_tool", "tool_call_fraction"):
         assert 0.0 <= result[key] <= 1.0
     assert result["example_with_tool"].startswith(result["example_without_tool"][:8])
+
+
+def test_direct_fraction_mixes_demonstrations_without_the_tool(tmp_path):
+    _module().write_data(str(tmp_path), 200, 4, direct_fraction=0.5)
+    demos = [json.loads(x) for x in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    direct = [d for d in demos if "<tool>" not in d["completion"]]
+    assert 70 <= len(direct) <= 130
+    for d in direct:  # the right sum, written directly
+        a, b = d["prompt"][:-1].split("+")
+        assert d["completion"] == str(int(a) + int(b))
+
+
+def test_decoding_task_runs_a_guided_row(tmp_path):
+    # experiments/decoding_task.py end to end on tiny random exports (one row: ARGS with DPO's
+    # token-level implicit reward), its files written.
+    from flax import nnx
+
+    from alignax.models import init_model, tiny_config, to_hf
+    from alignax.models.reward_model import RewardModel, save_reward_model
+
+    paths = {}
+    for i, name in enumerate(("sft", "dpo", "grpo")):
+        paths[name] = str(tmp_path / name)
+        to_hf(init_model(tiny_config("llama"), seed=i), paths[name])
+    paths["rm"] = str(tmp_path / "rm")
+    save_reward_model(RewardModel(init_model(tiny_config("llama"), seed=3), rngs=nnx.Rngs(0)),
+                      paths["rm"])
+    spec = importlib.util.spec_from_file_location("decoding_task",
+                                                  ROOT / "experiments/decoding_task.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "out"
+    module.main([f"--{k}={v}" for k, v in paths.items()] + [
+        f"--out={out}", "--prompts=8", "--only=ARGS k=5 w=10"])
+    (row,) = json.loads((out / "results.json").read_text())
+    assert row["family"] == "ARGS" and row["scorer"] == "implicit"
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["forward_tokens_per_output_token"] > 3
+    assert (out / "results.md").read_text().count("\n") == 3
