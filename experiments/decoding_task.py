@@ -228,7 +228,7 @@ def _plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     colors = dict(zip(dict.fromkeys(r["family"] for r in results), plt.cm.tab10.colors))
     markers = {"none": "D", "verifier": "o", "rm": "s", "implicit": "^"}
     for r in results:
@@ -240,7 +240,7 @@ def _plot(results, path):
                for f, c in colors.items()]
     handles += [Line2D([], [], color="gray", marker=m, linestyle="", label=f"value: {k}")
                 for k, m in markers.items() if k != "none"]
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xscale("log")
     ax.set_xlabel("forward tokens per output token (log)")
     ax.set_ylabel("task accuracy (256 held-out prompts)")
