@@ -148,3 +148,22 @@ def test_sampler_throughput_tiny_writes_sane_json(tmp_path):
     assert 0 < r["weight_bytes_per_step"] < r["param_bytes"]
     # KV read per step, by hand: L=2, K=2, D=16, k and v, bf16; mean length 8 + 4.5 slots.
     assert r["kv_bytes_per_step"] == pytest.approx(4 * (8 + 4.5) * 2 * 2 * 16 * 2 * 2)
+
+
+def test_batching_efficiency_counts_slot_steps(tmp_path):
+    from benchmarks import batching_efficiency as be
+
+    # One long request among short ones: static batching idles the short rows' slots.
+    lengths = [20] + [2] * 7
+    r = be.simulate(lengths, slots=4)
+    assert r["static"]["slot_steps"] == 4 * 20 + 4 * 2
+    assert r["continuous"]["slot_steps"] == 4 * 20  # the short ones fit beside the long one
+    assert r["useful_tokens"] == 34 and r["speedup"] == pytest.approx(88 / 80)
+    # Equal lengths: nothing to gain.
+    assert be.simulate([5] * 8, slots=4)["speedup"] == 1.0
+    out = tmp_path / "b.json"
+    assert be.main(["--requests", "256", "--slots", "32", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["continuous"]["efficiency"] > got["static"]["efficiency"]
+    with pytest.raises(ValueError, match="slots >= 1"):
+        be.simulate([], slots=4)

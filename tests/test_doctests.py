@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["alignax.compare", "alignax.costs", "alignax.decoding.best_of_n", "alignax.envs.base",
            "alignax.rewards.functions", "alignax.models.precision",
-           "alignax.algorithms.online.rollout"]
+           "alignax.algorithms.online.rollout", "benchmarks.batching_efficiency"]
 
 
 @pytest.mark.parametrize("name", MODULES)
