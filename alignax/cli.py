@@ -143,7 +143,9 @@ def _sample(argv: list[str]) -> int:
     parser.add_argument("--head-weights", default="",
                         help="multi-head exports: comma-separated weights over the heads, "
                              "e.g. 0.7,0.3 (default: the export weights in heads/heads.json)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 = greedy (default: 1 when sampling, 0 for --decoding "
+                             "args / deal / tq: keep the best-scoring candidate)")
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     parser.add_argument("--max-new-tokens", type=int, default=64)

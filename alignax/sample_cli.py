@@ -70,6 +70,10 @@ def sample_lines(args):
                                    else [])
     if not prompts:
         raise ValueError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    method = getattr(args, "decoding", "") or ("best_of_n" if getattr(args, "best_of", 0)
+                                                 else "sample")
+    if getattr(args, "temperature", None) is None:
+        args.temperature = 0.0 if method in ("args", "deal", "tq") else 1.0
     for name, ok in (("--max-new-tokens", args.max_new_tokens >= 1),
                      ("--num-samples", args.num_samples >= 1),
                      ("--batch-size", args.batch_size >= 1),
@@ -103,8 +107,6 @@ def sample_lines(args):
     if any(not x for x in ids):
         raise ValueError("an empty prompt (no tokens); every prompt needs text")
     stops = (int(tokenizer.eos_id),)
-    method = getattr(args, "decoding", "") or ("best_of_n" if getattr(args, "best_of", 0)
-                                                 else "sample")
     if method == "best_of_n":
         yield from _best_of_n_lines(args, model, tokenizer, prompts, ids, weights)
         return
