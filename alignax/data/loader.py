@@ -88,8 +88,9 @@ class BatchIterator:
         mine = ids[self.process_index * per_process:(self.process_index + 1) * per_process]
         # The bucket is chosen from the whole global batch, so all processes agree on shapes.
         width = bucket_for(needed_length([self.rows[i] for i in ids]), self.buckets)
+        before = self.rows[ids[(self.process_index * per_process - 1) % len(ids)]]
         batch = collate([self.rows[i] for i in mine], pad_id=self.pad_id, buckets=self.buckets,
-                        width=width)
+                        width=width, kl_previous=before.get("completion"))
         for name, values in self.arrays.items():
             batch[name] = np.asarray(values[mine])
         return batch

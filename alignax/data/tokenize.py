@@ -205,10 +205,14 @@ def needed_length(rows: Sequence[dict]) -> int:
 
 
 def collate(rows: Sequence[dict], *, pad_id: int, buckets: Sequence[int],
-            width: int | None = None) -> dict:
+            width: int | None = None, kl_previous: Sequence[int] | None = None) -> dict:
     """Pads tokenised rows into one fixed-shape batch (see the module docstring for layouts).
 
     `width` (a bucket chosen from the global batch) overrides the choice from these rows.
+    `kl_previous`: unpaired (KTO) rows pair prompt i with completion i-1 for the KL reference
+    point, cycled within the batch; on several processes each holds a slice of the global
+    batch, and `kl_previous` is the completion of the global row before its slice, so every
+    process pairs as one process would.
     """
     width = width or bucket_for(needed_length(rows), buckets)
     if "chosen" in rows[0]:
@@ -224,6 +228,8 @@ def collate(rows: Sequence[dict], *, pad_id: int, buckets: Sequence[int],
     if "label" in rows[0]:
         # KL pairs: prompt i with completion i-1, cycled within the batch.
         shifted = [rows[i - 1]["completion"] for i in range(len(rows))]
+        if kl_previous is not None:
+            shifted[0] = kl_previous
         batch["label"] = np.asarray([r["label"] for r in rows], bool)
         kl = [_rows(r["prompt"], c, width, pad_id) for r, c in zip(rows, shifted)]
         for i, k in enumerate(("kl_input_ids", "kl_attention_mask", "kl_completion_mask")):

@@ -80,6 +80,20 @@ def test_unpaired_kl_rows_cycle_completions():
     np.testing.assert_array_equal(batch["kl_completion_mask"][0][:4], [0, 1, 1, 1])
 
 
+def test_unpaired_kl_rows_pair_across_the_global_batch_on_several_processes():
+    # Two processes, each with half of the global batch: each pairs its first prompt with the
+    # global row before its slice, so the KL rows are those one process would build.
+    rows = data.tokenize_examples([data.Unpaired(p, c, i % 2 == 0) for i, (p, c) in
+                                   enumerate(zip("abcd", ["x", "yy", "z", "ww"]))],
+                                  CharTokenizer(), data.Limits(4, 4))
+    kw = dict(global_batch_size=4, pad_id=0, max_length=16, seed=0)
+    whole = next(data.BatchIterator(rows, **kw))
+    halves = [next(data.BatchIterator(rows, process_index=i, process_count=2, **kw))
+              for i in range(2)]
+    for key in ("kl_input_ids", "kl_attention_mask", "kl_completion_mask", "input_ids"):
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"prompt": "a", "chosen": "b"', "p.jsonl:2: invalid JSON"),
     ('{"prompt": "a", "chosen": "b"}', "p.jsonl:2: field 'rejected': missing field"),
