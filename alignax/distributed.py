@@ -37,6 +37,26 @@ def host_tree(tree) -> Any:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def from_primary(compute):
+    """`compute()` run by process 0 only, its (picklable) result given to every process.
+
+    For host work with side effects that must happen once (an environment's tool call, a
+    sandbox): the other processes wait for process 0's answer instead of repeating the call
+    (and perhaps getting another answer, which would split the SPMD program). One process:
+    just `compute()`.
+    """
+    if jax.process_count() == 1:
+        return compute()
+    import pickle
+
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(compute()), np.uint8) if is_primary() else None
+    n = int(multihost_utils.broadcast_one_to_all(np.int64(0 if data is None else len(data))))
+    buf = np.zeros(n, np.uint8) if data is None else data.copy()
+    return pickle.loads(np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes())
+
+
 def process_sum(value: int) -> int:
     """A host-side count (tokens of this process's rows, ...) summed over the processes: an
     all-gather on several (every process must call it), the value itself on one."""

@@ -20,6 +20,9 @@ CASES = {
     # A random policy's rewards vary with a digit anywhere in its bytes: groups differ.
     "grpo": ("--config.reward.functions=('regex:.*[0-9].*',)",),
     "mah_dpo": (),
+    # Multi-turn episodes: the environment runs on process 0, its answers go to both.
+    "grpo_tools": ("--config.environment.name=tests.algorithms.online.scripted_env:make",
+                   "--config.environment.max_turn_tokens=4"),
 }
 COMMON = ("--config.train.steps=3", "--config.train.eval_every=0",
           "--config.train.export_hf=False")
@@ -64,6 +67,8 @@ def test_two_processes_train_as_one(tmp_path, name):
             np.testing.assert_allclose(a[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
     if name == "grpo":
         assert any(r["reward_std"] > 0 for r in one)  # the comparison has signal
+    elif name == "grpo_tools":
+        assert all(r["episodes/turns"] > 2 and r["episodes/tool_errors"] > 0 for r in two)
     else:  # counted over both processes' rows, not one process's times two
         assert two[-1]["correct/examples_seen"] == one[-1]["correct/examples_seen"]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())

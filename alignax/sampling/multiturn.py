@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alignax import distributed
 from alignax.models.cache import KVCache
 from alignax.sampling.sampler import (
     decode_token,
@@ -237,7 +238,10 @@ def sample_episodes(graphdef, params, prompt_ids, prompt_mask, key, *, envs: Seq
         tokens[:, pos:pos + w], attn[:, pos:pos + w] = ids, obs_mask
         pos += w
 
-    first = [envs[i].reset(prompts[i // num_samples]) for i in range(r)]
+    # Environments run on process 0 only; every process gets their answers (one process:
+    # a plain call). The turn's tokens reach every process whole (`host_tree`).
+    first = distributed.from_primary(
+        lambda: [envs[i].reset(prompts[i // num_samples]) for i in range(r)])
     observe([encode(o) if o else None for o in first])
     for turn in range(max_turns):
         steps = min(max_turn_tokens, n_total - pos)
@@ -249,19 +253,22 @@ def sample_episodes(graphdef, params, prompt_ids, prompt_mask, key, *, envs: Seq
                     stop_sequence=tuple(stop_sequence), pad_id=pad_id)
         t_tokens, t_logps, t_mask, logits, cache, used, eos = out
         used = int(used)
-        t_tokens, t_logps, t_mask, eos = (np.asarray(x) for x in (t_tokens, t_logps, t_mask,
-                                                                   eos))
+        t_tokens, t_logps, t_mask, eos = (np.asarray(x) for x in distributed.host_tree(
+            (t_tokens, t_logps, t_mask, eos)))
         tokens[:, pos:pos + used] = t_tokens[:, :used]
         logps[:, pos:pos + used] = t_logps[:, :used]
         mask[:, pos:pos + used] = attn[:, pos:pos + used] = t_mask[:, :used]
         pos += used
         observations: list[list[int] | None] = [None] * r
-        for i in np.flatnonzero(~ended):
+        live = np.flatnonzero(~ended)
+        turn_texts = {int(i): tokenizer.decode(
+            [int(t) for t, m in zip(t_tokens[i, :used], t_mask[i, :used]) if m]) for i in live}
+        results = distributed.from_primary(
+            lambda texts=turn_texts: {i: envs[i].step(t) for i, t in texts.items()})
+        for i in live:
             turns[i] += 1
-            turn_ids = [int(t) for t, m in zip(t_tokens[i, :used], t_mask[i, :used]) if m]
-            text = tokenizer.decode(turn_ids)
-            texts[i] += text
-            result = envs[i].step(text)
+            texts[i] += turn_texts[int(i)]
+            result = results[int(i)]
             rewards[i] += float(result.reward)
             errors[i] += bool(result.error)
             if eos[i] or result.done or result.observation is None:

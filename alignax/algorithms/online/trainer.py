@@ -185,10 +185,6 @@ def setup_for(spec: Online):
     """The engine's `setup(ctx) -> Plan` for the online algorithm `spec`."""
 
     def setup(ctx: Context) -> Plan:
-        if jax.process_count() > 1 and ctx.cfg.get("environment") is not None \
-                and ctx.cfg.environment.name:
-            raise ValueError("multi-turn episodes (environment.name) run on one process "
-                             "(multi-process: single-turn rollouts only)")
         cfg, ro = ctx.cfg, ctx.cfg.rollout
         if ro.num_generations < spec.min_generations:
             raise ValueError(

@@ -1,5 +1,9 @@
 """An environment for the multi-turn run tests: every turn but the last gets an observation,
-whatever the (random) policy wrote; the second call fails (a counted tool error)."""
+whatever the (random) policy wrote; the second call fails (a counted tool error). On a
+process other than the first its observations are longer, so a multi-process run whose
+processes stepped their own environments would split (tests/test_multiprocess_runs.py)."""
+
+import jax
 
 from alignax.envs import StepResult
 
@@ -15,7 +19,8 @@ class Scripted:
         self.calls += 1
         if self.calls >= 3:
             return StepResult(reward=1.0, done=True)
-        return StepResult(observation=f"<result>{self.calls * 111}</result>", done=False,
+        mark = "x" * jax.process_index()
+        return StepResult(observation=f"<result>{self.calls * 111}{mark}</result>", done=False,
                           error=self.calls == 2)
 
 
