@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from alignax import distributed
 from alignax.data.tokenize import bucket_for, collate
 from alignax.metrics import progress_bar
 
@@ -78,7 +79,7 @@ def _load_or_compute(path: str, compute, *, load, save, valid, what: str, log) -
             log(f"{what}: reusing {path}")
             return value
     value = compute()
-    if jax.process_index() == 0:  # one writer per shared workdir
+    if distributed.is_primary():  # one writer per shared workdir
         atomic_write(path, lambda tmp: save(value, tmp))
     log(f"{what}: computed -> {path}")
     return value
