@@ -11,6 +11,8 @@
   alignax convert --workdir DIR [--step N] --out DIR
   alignax compare --config PATH[:VARIANT] [--config ...] --seeds N --workdir DIR
                   [--metric eval_after.task_accuracy] [--set KEY=VALUE ...]
+  alignax plan --config PATH[:VARIANT] --devices N [--mesh data=..,fsdp=..,tensor=..]
+               [--shape llama3-8b] [--device h100|v5e|v5p|... | --device-memory-gib M]
   alignax demo [--workdir DIR]
   alignax --version
 
@@ -300,6 +302,19 @@ def _compare(argv: list[str]) -> int:
         return _fail(str(e))
 
 
+def _plan(argv: list[str]) -> int:
+    from alignax import config, plan_cli
+
+    try:
+        return plan_cli.main(argv)
+    except config.ConfigError as e:
+        return _fail(str(e))
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        if not deliberate(e):
+            raise
+        return _fail(str(e.args[0]) if isinstance(e, KeyError) else str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["--version"], ["-V"]):
@@ -308,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignax {__version__}")
         return 0
     commands = {"train": _train, "sample": _sample, "eval": _eval, "convert": _convert,
-                "compare": _compare, "demo": None}
+                "compare": _compare, "plan": _plan, "demo": None}
     if not argv or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
         return 2
