@@ -76,7 +76,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": dict(steps=200, batch_size=32, seed=0, grad_accum=1, log_every=20,
                   eval_every=100, eval_batches=4, eval_prompts=128, logits_chunk=128,
                   export_hf=True, sweep_points=0),
-    # Axis name -> size, -1 = the rest of the devices.
+    # Axis name -> size, -1 = the rest of the devices; `sequence` (optional) splits long
+    # sequences' activations (context parallelism, docs/scale.md).
     "mesh": dict(data=-1, fsdp=1, tensor=1),
     # LoRA adapters (Hu et al. 2021): rank > 0 trains only `rank`-dim adapters on the
     # `targets` projections, scaled alpha / rank (plus small heads outside the transformer:

@@ -274,7 +274,7 @@ def estimate(w: Workload, mesh, *, flash: bool = False) -> list[Line]:
     lines.append(Line("gradients", trainable * (2 if w.grad_accum > 1 else 1),
                       "trainable size" + (" x 2 (accumulator)" if w.grad_accum > 1 else ""),
                       "train"))
-    lines += _activations(w, dp, tp, flash)
+    lines += _activations(w, dp, tp, flash, sp=sizes.get("sequence", 1))
     if sizes.get("fsdp", 1) > 1:  # the layer being computed, its weights gathered
         lines.append(Line("gathered layer weights", _layer_bytes(cfg) // tp,
                           "one layer's weights, unsplit over fsdp", "train"))
@@ -289,13 +289,13 @@ def _layer_bytes(cfg: ModelConfig) -> int:
     return (e * (n + 2 * k) * d + n * d * e + 3 * e * f) * _bytes(cfg.param_dtype)
 
 
-def _activations(w: Workload, dp: int, tp: int, flash: bool) -> list[Line]:
+def _activations(w: Workload, dp: int, tp: int, flash: bool, sp: int = 1) -> list[Line]:
     cfg = w.model
     rows = w.rows // w.grad_accum
     if rows % dp:
         raise ConfigError(f"{rows} rows per micro-batch do not split over the "
                           f"{dp} data-parallel devices")
-    tokens = rows // dp * w.seq_len
+    tokens = rows // dp * w.seq_len // sp  # a sequence axis splits every row's tokens
     c = _bytes(cfg.dtype)
     e, f, v, layers = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
     qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim / tp
@@ -312,6 +312,8 @@ def _activations(w: Workload, dp: int, tp: int, flash: bool) -> list[Line]:
     # RoPE, attention and the MLP's activation; full: everything) and attention's scores.
     recompute = {"full": every, "save_dots": 3 * e + 2 * f / tp, "none": 0}[cfg.remat]
     layer = tokens * (recompute * c + (scores if cfg.remat != "none" else 0))
+    if sp > 1:  # the keys and values gathered whole along the sequence
+        layer += rows // dp * w.seq_len * 2 * cfg.num_kv_heads * cfg.head_dim / tp * c
     lines.append(Line("one layer's backward", int(layer + tokens * 2 * e * c),
                       "recomputed intermediates" + ("" if flash else " + S x S scores"),
                       "train"))

@@ -2,7 +2,8 @@
 
 One table (`DEFAULT_RULES`) maps the logical axis names that parameters and activations carry
 (`batch`, `seq`, `embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`) to the mesh
-axes `data`, `fsdp` and `tensor` (MaxText style). Everything else is derived from it:
+axes `data`, `fsdp`, `tensor` and, when asked for, `sequence` (context parallelism: `seq` ->
+`sequence`; MaxText style). Everything else is derived from it:
 
 * `make_mesh({"data": -1, "fsdp": 1, "tensor": 1})`: a mesh with Auto axes (-1 = the rest).
 * `logical_to_spec(("embed", "mlp"), shape=(512, 2048), mesh=mesh)`: a `PartitionSpec`.
@@ -40,15 +41,18 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# Axes a mesh has only when asked for: `sequence` splits activations along the sequence
+# (context parallelism: long completions; attention gathers the keys and values).
+OPTIONAL_AXES = ("sequence",)
 DEFAULT_MESH = {"data": -1, "fsdp": 1, "tensor": 1}
 
 Rules = Mapping[str, str | tuple[str, ...] | None]
 
 DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     # Activations: the batch is split over every data-parallel axis (FSDP is data parallelism
-    # with sharded weights); the sequence is not split.
+    # with sharded weights); the sequence over `sequence` when the mesh has that axis.
     "batch": ("data", "fsdp"),
-    "seq": None,
+    "seq": "sequence",
     # Weights: the model dimension is sharded over `fsdp` (gathered per layer), the wide
     # dimensions over `tensor` (Megatron-style column/row parallelism).
     "embed": "fsdp",
@@ -87,18 +91,21 @@ def resolve_mesh_shape(axes: Mapping[str, int] | None, *, num_devices: int) -> d
     """Resolves a `{axis: size}` dict (-1 = the remaining devices) to concrete sizes.
 
     Args:
-      axes: sizes for a subset of `MESH_AXES`; missing axes get 1. At most one -1.
+      axes: sizes for a subset of `MESH_AXES` (+ `OPTIONAL_AXES`); missing axes get 1. At
+        most one -1.
       num_devices: devices available.
     Returns:
-      `{"data": d, "fsdp": f, "tensor": t}` in that order.
+      `{"data": d, "fsdp": f, "tensor": t}` in that order, then `"sequence"` if asked for.
     Raises:
       ValueError: unknown axis, bad size, or a mesh larger than `num_devices`.
     """
     axes = dict(DEFAULT_MESH if axes is None else axes)
-    unknown = sorted(set(axes) - set(MESH_AXES))
+    known = MESH_AXES + OPTIONAL_AXES
+    unknown = sorted(set(axes) - set(known))
     if unknown:
-        raise ValueError(f"unknown mesh axes {unknown}; known axes are {list(MESH_AXES)}")
+        raise ValueError(f"unknown mesh axes {unknown}; known axes are {list(known)}")
     sizes = {name: int(axes.get(name, 1)) for name in MESH_AXES}
+    sizes.update({name: int(axes[name]) for name in OPTIONAL_AXES if name in axes})
     free = [name for name, size in sizes.items() if size == -1]
     bad = {name: size for name, size in sizes.items() if size < 1 and size != -1}
     if bad or len(free) > 1:
@@ -119,7 +126,8 @@ def resolve_mesh_shape(axes: Mapping[str, int] | None, *, num_devices: int) -> d
 
 def make_mesh(axes: Mapping[str, int] | None = None, *,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with axes `("data", "fsdp", "tensor")` (all `AxisType.Auto`) from a config dict.
+    """A mesh with axes `("data", "fsdp", "tensor")` (+ `"sequence"` when `axes` names it; all
+    `AxisType.Auto`) from a config dict.
 
     Auto axes let `jax.jit(in_shardings=..., out_shardings=...)` and `constrain` place data
     while XLA propagates the rest; they behave the same at jax 0.10 and 0.11.
@@ -382,6 +390,12 @@ def abstract_like(tree, shardings) -> Any:
 # ----------------------------------------------------------------------------------------------
 # Activations
 # ----------------------------------------------------------------------------------------------
+
+
+def mesh_axis_size(name: str) -> int:
+    """Size of axis `name` of the current mesh (`jax.set_mesh`); 1 outside one or if absent."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else dict(mesh.shape).get(name, 1)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None], *, rules: Rules | None = None):

@@ -57,6 +57,8 @@ CASES = {
                              "--completion-len", "64", "--mesh", "data=8"],
     "dpo 2x2x2": ["--task", "dpo", "--pairs", "8", "--prompt-len", "64",
                   "--completion-len", "64", "--mesh", "data=2,fsdp=2,tensor=2"],
+    "sft data=2,sequence=4": ["--task", "sft", "--rows", "8", "--prompt-len", "128",
+                              "--completion-len", "128", "--mesh", "data=2,sequence=4"],
     "sft fsdp=8 full": ["--task", "sft", "--rows", "16", "--prompt-len", "64",
                         "--completion-len", "64", "--mesh", "fsdp=8", "--remat", "full"],
     "grpo data=4,tensor=2 none": ["--task", "grpo", "--rows", "4", "--generations", "4",

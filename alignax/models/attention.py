@@ -18,6 +18,7 @@ from flax import nnx
 from alignax.models.config import ModelConfig
 from alignax.models.layers import RMSNorm, const_param, normal_param
 from alignax.models.lora import lora_project
+from alignax.sharding import constrain, mesh_axis_size
 
 # ---------------------------------------------------------------------------------- RoPE
 
@@ -210,6 +211,13 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, inv_freq, scale)
         k = apply_rope(k, positions, inv_freq, scale)
         impl = cfg.attention_impl
+        if kv_cache is None and mesh_axis_size("sequence") > 1:
+            # Context parallelism: queries stay split along the sequence, keys and values are
+            # gathered whole (all-gather attention; each device scores its queries against
+            # every key, the causal mask cutting what it must not see).
+            q = constrain(q, ("batch", "seq", "heads", "head_dim"))
+            k = constrain(k, ("batch", None, "kv_heads", "head_dim"))
+            v = constrain(v, ("batch", None, "kv_heads", "head_dim"))
         new_cache = None
         if kv_cache is not None:
             k_cache, v_cache = kv_cache
