@@ -9,6 +9,7 @@ windows and KV-cache steps pass an explicit boolean mask `[B, 1, T, S]`.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -150,6 +151,51 @@ def _attend(q, k, v, mask, *, impl: str):
                                         implementation=impl)
 
 
+class SharedPromptKV(NamedTuple):
+    """One layer's decode cache with the prompt stored once per prompt, shared by its G rows.
+
+    Rows are prompt-major (row r samples prompt r // G). With it, `Attention` takes `mask` =
+    `(prompt_valid [B, P], valid [R, N])` and writes the step's key / value at `cache_index`
+    of the generated part. Memory: B x P + R x N slots instead of R x (P + N).
+
+    Attributes:
+      prompt_k, prompt_v: `[B, P, K, D]` the prefilled prompt.
+      k, v: `[R, N, K, D]` the generated tokens' keys and values.
+    """
+
+    prompt_k: jax.Array
+    prompt_v: jax.Array
+    k: jax.Array
+    v: jax.Array
+
+
+def _attend_shared(q, cache: SharedPromptKV, prompt_valid, valid):
+    """Attention of one query per row over its prompt's shared keys and its own generated keys:
+    the softmax runs over both parts at once (the prompt's keys are never repeated G times).
+    Same computation as XLA's `dot_product_attention` on the concatenated keys: float32
+    scores, scaled by 1 / sqrt(D), masked, softmax, probabilities in the values' dtype."""
+    r, t, n, d = q.shape
+    b, _, k, _ = cache.prompt_k.shape
+    g, rep = r // b, n // k
+    qg = q.reshape(b, g, t, k, rep, d)
+    dt = cache.k.dtype
+    scale = 1.0 / math.sqrt(d)
+    s_prompt = jnp.einsum("bgtkrd,bpkd->bgkrtp", qg, cache.prompt_k.astype(q.dtype),
+                          preferred_element_type=jnp.float32) * scale
+    s_own = jnp.einsum("bgtkrd,bgskd->bgkrts", qg,
+                       cache.k.astype(q.dtype).reshape(b, g, *cache.k.shape[1:]),
+                       preferred_element_type=jnp.float32) * scale
+    big_neg = jnp.finfo(jnp.float32).min
+    s_prompt = jnp.where(prompt_valid[:, None, None, None, None, :], s_prompt, big_neg)
+    s_own = jnp.where(valid.reshape(b, g, 1, 1, 1, -1), s_own, big_neg)
+    probs = jax.nn.softmax(jnp.concatenate([s_prompt, s_own], axis=-1), axis=-1).astype(dt)
+    p = cache.prompt_k.shape[1]
+    out = (jnp.einsum("bgkrtp,bpkd->bgtkrd", probs[..., :p], cache.prompt_v.astype(dt))
+           + jnp.einsum("bgkrts,bgskd->bgtkrd", probs[..., p:],
+                        cache.v.reshape(b, g, *cache.v.shape[1:])))
+    return out.reshape(r, t, n, d).astype(q.dtype)
+
+
 # ----------------------------------------------------------------------------- attention
 
 
@@ -187,8 +233,10 @@ class Attention(nnx.Module):
           x: `[B, T, E]` normed hidden states in the compute dtype.
           positions: `[B, T]` RoPE position ids.
           mask: `[B, 1, T, S]` bool, or None for plain causal attention without a cache.
-          kv_cache: None, or `(k, v)` each `[B, S, K, D]` for this layer.
-          cache_index: `[]` int32 slot where this call's T tokens are written.
+          kv_cache: None, `(k, v)` each `[B, S, K, D]` for this layer, or a `SharedPromptKV`
+            (then `mask` is its `(prompt_valid, valid)` pair).
+          cache_index: `[]` int32 slot where this call's T tokens are written, or `[B]` one
+            slot per row (T = 1; an out-of-range slot writes nothing).
           dropout_rng: key of the LoRA adapters' input dropout (see `lora.py`), or None.
         Returns:
           `([B, T, E], new_kv_cache or None)`.
@@ -219,15 +267,29 @@ class Attention(nnx.Module):
             k = constrain(k, ("batch", None, "kv_heads", "head_dim"))
             v = constrain(v, ("batch", None, "kv_heads", "head_dim"))
         new_cache = None
-        if kv_cache is not None:
-            k_cache, v_cache = kv_cache
+        if isinstance(kv_cache, SharedPromptKV):
             start = (0, cache_index, 0, 0)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+            new_cache = kv_cache._replace(
+                k=jax.lax.dynamic_update_slice(kv_cache.k, k.astype(kv_cache.k.dtype), start),
+                v=jax.lax.dynamic_update_slice(kv_cache.v, v.astype(kv_cache.v.dtype), start))
+            out = _attend_shared(q, new_cache, *mask)
+        elif kv_cache is not None:
+            k_cache, v_cache = kv_cache
+            if jnp.ndim(cache_index) == 1:  # a slot per row (continuous batching), T == 1
+                rows = jnp.arange(k.shape[0])
+                k_cache = k_cache.at[rows, cache_index].set(k[:, 0].astype(k_cache.dtype),
+                                                            mode="drop")
+                v_cache = v_cache.at[rows, cache_index].set(v[:, 0].astype(v_cache.dtype),
+                                                            mode="drop")
+            else:
+                start = (0, cache_index, 0, 0)
+                k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+                v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
             new_cache = (k_cache, v_cache)
             k, v = k_cache.astype(dt), v_cache.astype(dt)
             impl = "xla" if impl == "auto" else impl  # short query blocks: XLA is fine
-        out = _attend(q, k, v, mask, impl=impl)  # [B, T, N, D]
+        if not isinstance(kv_cache, SharedPromptKV):
+            out = _attend(q, k, v, mask, impl=impl)  # [B, T, N, D]
         out = lora_project(self, "o_proj", out,
                            jnp.einsum("btnd,nde->bte", out, self.o_proj[...].astype(dt)), rng)
         if cfg.o_bias:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignax.models.attention import make_mask
+from alignax.models.attention import SharedPromptKV, make_mask
 from alignax.models.cache import KVCache, init_cache
 from alignax.models.heads import check_head_weights, mix_heads
 from alignax.models.precision import matmul_precision
@@ -107,7 +107,13 @@ def repeat_cache(cache: KVCache, g: int) -> KVCache:
 
 
 _STATIC = ("graphdef", "num_samples", "max_new_tokens", "temperature", "top_k", "top_p",
-           "stop_ids", "pad_id")
+           "stop_ids", "pad_id", "row_keys")
+
+
+def row_request_keys(key, num_rows: int, start=0):
+    """`[num_rows]` keys, row j's `fold_in(key, start + j)`: a row's draws then depend on its
+    request index only, not on which rows share its batch (`sampling.engine`)."""
+    return jax.vmap(lambda j: jax.random.fold_in(key, j))(start + jnp.arange(num_rows))
 
 
 def split_policy(model, head_weights=None):
@@ -148,22 +154,39 @@ def prefill(trunk, prompt_ids, prompt_mask, *, max_new_tokens: int):
 
 def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_tokens: int,
            temperature: float, top_k: int, top_p: float, stop_ids: tuple[int, ...],
-           pad_id: int) -> Samples:
+           pad_id: int, row_keys: bool = False, shared_prompt: bool = False) -> Samples:
     """The decoding loop from a prefilled `[B]`-row cache: G samples per prompt, one
     `lax.while_loop` that ends when every row has stopped.
 
     Args:
       trunk, head: from `split_policy`. last_hidden, cache: from `prefill`.
-      key: step i draws with `fold_in(key, i)`. Other arguments: as `sample_tokens`.
+      key: step i draws with `fold_in(key, i)` (`row_keys`: row j's step i with
+        `fold_in(fold_in(key, j), i)`). Other arguments: as `sample_tokens`.
+      shared_prompt: `cache` holds the prompts only (`prefill(..., max_new_tokens=0)`); the
+        G rows of a prompt share its keys and values (`models.attention.SharedPromptKV`)
+        instead of G copies of them.
     """
     logits_fn = _logits_fn(trunk, head)
-    p = cache.k.shape[2] - max_new_tokens
+    p = cache.k.shape[2] - (0 if shared_prompt else max_new_tokens)
     r, n = last_hidden.shape[0] * num_samples, max_new_tokens
     logits = jnp.repeat(logits_fn(last_hidden)[:, 0], num_samples, axis=0)
-    cache = repeat_cache(cache, num_samples)
     layers = unstack_layers(trunk)
-    kv = [(cache.k[i], cache.v[i]) for i in range(len(layers))]  # one copy, before the loop
+    if shared_prompt:
+        own = jnp.zeros((r, n) + cache.k.shape[3:], cache.k.dtype)
+        kv = [SharedPromptKV(cache.k[i], cache.v[i], own, own) for i in range(len(layers))]
+        prompt_valid, valid = cache.valid, jnp.zeros((r, n), bool)
+        next_position = jnp.repeat(cache.next_position, num_samples)
+    else:
+        cache = repeat_cache(cache, num_samples)
+        kv = [(cache.k[i], cache.v[i]) for i in range(len(layers))]  # one copy, before the loop
+        valid, next_position = cache.valid, cache.next_position
     stops = jnp.asarray(stop_ids, jnp.int32)
+    keys = row_request_keys(key, r) if row_keys else None
+
+    def step_key(i):
+        if keys is None:
+            return jax.random.fold_in(key, i)
+        return jax.vmap(jax.random.fold_in, (0, None))(keys, i)
 
     def cond(carry):
         i, _, _, _, _, done, *_ = carry
@@ -173,14 +196,18 @@ def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_to
         i, logits, kv, valid, next_position, done, tokens, logps, mask = carry
         live = ~done
         token, tokens, logps, mask = draw_token(
-            logits, jax.random.fold_in(key, i), i, live, tokens, logps, mask,
+            logits, step_key(i), i, live, tokens, logps, mask,
             temperature=temperature, top_k=top_k, top_p=top_p, pad_id=pad_id)
-        h, kv, valid, next_position = decode_token(trunk, layers, token, live, kv, valid,
-                                                    next_position, p + i)
+        if shared_prompt:
+            h, kv, valid, next_position = decode_token_shared(
+                trunk, layers, token, live, kv, prompt_valid, valid, next_position, i)
+        else:
+            h, kv, valid, next_position = decode_token(trunk, layers, token, live, kv, valid,
+                                                        next_position, p + i)
         done = done | jnp.isin(token, stops)
         return i + 1, logits_fn(h)[:, 0], kv, valid, next_position, done, tokens, logps, mask
 
-    init = (jnp.zeros((), jnp.int32), logits, kv, cache.valid, cache.next_position,
+    init = (jnp.zeros((), jnp.int32), logits, kv, valid, next_position,
             jnp.zeros(r, bool), jnp.full((r, n), pad_id, jnp.int32),
             jnp.zeros((r, n), jnp.float32), jnp.zeros((r, n), jnp.int32))
     *_, tokens, logps, mask = jax.lax.while_loop(cond, body, init)
@@ -191,7 +218,7 @@ def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_to
 def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, head_weights=None, *,
                   num_samples: int = 1, max_new_tokens: int, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0, stop_ids: tuple[int, ...],
-                  pad_id: int) -> Samples:
+                  pad_id: int, row_keys: bool = False) -> Samples:
     """Samples G completions per prompt from `nnx.merge(graphdef, params)` (pure, jitted).
 
     The parameters are used where they are (any sharding; never copied through the host;
@@ -213,16 +240,28 @@ def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, head_weights=N
       top_k, top_p: see `filter_logits`.
       stop_ids: tokens that end a row (e.g. `(eos_id,)`), kept with mask 1.
       pad_id: the token written after a row stopped.
+      row_keys: row j draws its step-i token with `fold_in(fold_in(key, j), i)`: the draws
+        the continuous-batching engine makes for request j (`sampling.engine`), so the two
+        give the same samples. Default: one key per step for the whole batch.
     Returns:
       `Samples` with `[B * G, N]` arrays, rows prompt-major.
     """
     model = nnx.merge(graphdef, params)
     trunk, head = split_policy(model, head_weights)
     trunk = nnx.merge(*_cast_module(trunk))
-    last, cache = prefill(trunk, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens)
+    shared = shares_prompt(trunk.config, num_samples)
+    last, cache = prefill(trunk, prompt_ids, prompt_mask,
+                          max_new_tokens=0 if shared else max_new_tokens)
     return decode(trunk, head, last, cache, key, num_samples=num_samples,
                   max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                  top_p=top_p, stop_ids=stop_ids, pad_id=pad_id)
+                  top_p=top_p, stop_ids=stop_ids, pad_id=pad_id, row_keys=row_keys,
+                  shared_prompt=shared)
+
+
+def shares_prompt(config, num_samples: int) -> bool:
+    """Whether G samples of a prompt share its cached keys and values (G > 1, no sliding
+    window: a windowed layer's mask needs each key's slot, which the split layout drops)."""
+    return num_samples > 1 and not config.uses_window
 
 
 def _cast_module(trunk):
@@ -230,14 +269,21 @@ def _cast_module(trunk):
     return graphdef, cast_params(params, trunk.config.dtype)
 
 
+def _key_batch(key) -> bool:
+    """Whether `key` holds one key per row (typed `[R]`, or raw uint32 `[R, 2]`)."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return jnp.ndim(key) == (1 if typed else 2)
+
+
 def draw_token(logits, step_key, i, live, tokens, logps, mask, *, temperature: float,
                top_k: int, top_p: float, pad_id: int):
     """One step of the decoding loop's bookkeeping, shared by every sampler.
 
     Draws from `logits` `[R, V]` (greedy at temperature 0, else softmax(logits / T) after
-    `filter_logits`), writes the token, its log-prob (log softmax(logits / T), before top-k /
-    top-p) and `live` into column `i` of `tokens` / `logps` / `mask` `[R, N]`; rows that
-    already stopped (`live` False) get `pad_id`, log-prob 0 and mask 0.
+    `filter_logits`; `step_key` one key, or `[R]` keys, one per row), writes the token, its
+    log-prob (log softmax(logits / T), before top-k / top-p) and `live` into column `i` (or
+    `[R]` columns, one per row) of `tokens` / `logps` / `mask` `[R, N]`; rows that already
+    stopped (`live` False) get `pad_id`, log-prob 0 and mask 0.
     Returns `(token [R], tokens, logps, mask)`.
     """
     if temperature <= 0:
@@ -245,10 +291,18 @@ def draw_token(logits, step_key, i, live, tokens, logps, mask, *, temperature: f
     else:
         scaled = logits / temperature
         kept = filter_logits(scaled, top_k=top_k, top_p=top_p)
-        logp_all, token = jax.nn.log_softmax(scaled, axis=-1), jax.random.categorical(step_key,
-                                                                                      kept)
+        if _key_batch(step_key):  # one key per row: a row's draw ignores its neighbours
+            token = jax.vmap(jax.random.categorical)(step_key, kept)
+        else:
+            token = jax.random.categorical(step_key, kept)
+        logp_all = jax.nn.log_softmax(scaled, axis=-1)
     token = jnp.where(live, token.astype(jnp.int32), pad_id)
     logp = jnp.where(live, jnp.take_along_axis(logp_all, token[:, None], -1)[:, 0], 0.0)
+    if jnp.ndim(i) == 1:  # a column per row (continuous batching); past the end: dropped
+        rows = jnp.arange(token.shape[0])
+        put = lambda out, x: out.at[rows, i].set(x, mode="drop")
+        return (token, put(tokens, token), put(logps, logp),
+                put(mask, live.astype(jnp.int32)))
     tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
     logps = jax.lax.dynamic_update_slice(logps, logp[:, None], (0, i))
     mask = jax.lax.dynamic_update_slice(mask, live[:, None].astype(jnp.int32), (0, i))
@@ -287,6 +341,21 @@ def decode_token(model, layers, token, live, kv, valid, next_position, slot):
                                               or cfg.sliding_layers[i])
         h, layer_kv = layer(h, positions, window_mask if slides else mask, kv[i],
                             jnp.asarray(slot, jnp.int32))
+        new_kv.append(layer_kv)
+    return model.norm(h), new_kv, valid, next_position + live.astype(jnp.int32)
+
+
+def decode_token_shared(model, layers, token, live, kv, prompt_valid, valid, next_position,
+                        i):
+    """`decode_token` over `SharedPromptKV` caches: the step's key / value go to slot `i` of
+    each row's generated part; attention reads the row's prompt from its group's copy."""
+    cfg = model.config
+    h = jnp.take(model.embed[...], token[:, None], axis=0).astype(cfg.compute_dtype)
+    valid = jax.lax.dynamic_update_slice(valid, live[:, None], (0, i))
+    new_kv = []
+    for layer, layer_kv in zip(layers, kv, strict=True):
+        h, layer_kv = layer(h, next_position[:, None], (prompt_valid, valid), layer_kv,
+                            jnp.asarray(i, jnp.int32))
         new_kv.append(layer_kv)
     return model.norm(h), new_kv, valid, next_position + live.astype(jnp.int32)
 
