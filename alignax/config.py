@@ -95,10 +95,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "logging": dict(wandb=False, wandb_project="alignax", wandb_name=""),
     # Online RL: G samples per prompt (`num_generations`), sampling settings, stop tokens (in
     # addition to EOS); `num_epochs` x `num_minibatches` updates per rollout batch; DAPO
-    # dynamic sampling with up to `max_resample` tries.
+    # dynamic sampling with up to `max_resample` tries. `slots` > 0: continuous batching
+    # through that many decode rows (rows that stop early free their slot for the next
+    # sample; one process, single-turn; each sample draws with its own key, so the samples
+    # differ from the default static batching's for the same seed).
     "rollout": dict(num_generations=8, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,
                     stop_tokens=(), num_epochs=1, num_minibatches=1, dynamic_sampling=False,
-                    max_resample=4),
+                    max_resample=4, slots=0),
     # Multi-turn online RL (grpo / rloo / ppo): `name` "" = single-turn, "calculator", or your
     # `package.module:factory`; a turn ends at `tool_end` (or EOS) or after `max_turn_tokens`
     # (0 = rollout.max_new_tokens); `max_total_tokens` (0 = max_turns x (turn + observation

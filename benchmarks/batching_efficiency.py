@@ -19,8 +19,8 @@ Worked example: lengths [8, 1, 1, 1] on 2 slots. Static: batches (8, 1) then (1,
 steps x 2 slots = 18 slot-steps for 11 tokens (0.611). Continuous: slot 0 runs the 8, slot 1
 runs the three 1s one after another: the loop ends at step 8, 16 slot-steps (0.6875).
 
-This is the ceiling a continuous-batching engine can reach on decode steps, not a
-measurement of one (alignax's sampler batches statically today).
+This is the ceiling a continuous-batching engine can reach on decode steps; the engine
+(`alignax.sampling.sample_continuous`) is measured by rollout_engine.py.
 """
 
 from __future__ import annotations

@@ -167,3 +167,24 @@ def test_batching_efficiency_counts_slot_steps(tmp_path):
     assert got["continuous"]["efficiency"] > got["static"]["efficiency"]
     with pytest.raises(ValueError, match="slots >= 1"):
         be.simulate([], slots=4)
+
+
+def test_rollout_engine_modes_run_in_process(tmp_path):
+    """The engine benchmark's long-tail and GRPO modes on the tiny model (this process's
+    8 CPU devices do not matter: nothing is sharded). The measured slot-steps of continuous
+    batching are the projection's when every freed slot is refilled at once."""
+    from benchmarks import batching_efficiency as be
+    from benchmarks import rollout_engine as re_
+
+    out = tmp_path / "lt.json"
+    assert re_.main(["--mode", "long-tail", "--tiny", "--requests", "24", "--slots", "6",
+                     "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["continuous"]["slot_steps"] < got["static"]["slot_steps"]
+    lengths = be.long_tail_lengths(24, max_new_tokens=32, median=6.0, sigma=0.8, tail=0.1)
+    assert got["useful_tokens"] == int(lengths.sum())
+    assert got["static"]["slot_steps"] == be.static_slot_steps(lengths, 6)
+    assert re_.main(["--mode", "grpo", "--tiny", "--prompt-len", "128", "--new-tokens", "8",
+                     "--json", str(out)]) == 0  # a long prompt: its G copies dominate
+    got = json.loads(out.read_text())
+    assert got["shared"]["temp_bytes"] < got["repeated_cache"]["temp_bytes"]

@@ -1,7 +1,8 @@
-"""Sampling from the policy with a KV cache: G samples per prompt, temperature, top-k/top-p,
-stop tokens, log-probs of the sampled tokens, multi-head mixtures; jitted and deterministic
-under a key."""
+"""Sampling from the policy with a KV cache: G samples per prompt (sharing the prompt's cache),
+temperature, top-k/top-p, stop tokens, log-probs of the sampled tokens, multi-head mixtures;
+jitted and deterministic under a key. Continuous batching: `sample_continuous` (engine.py)."""
 
+from alignax.sampling.engine import EngineStats, sample_continuous
 from alignax.sampling.heads import Sweep, sweep_head_weights, weight_grid
 from alignax.sampling.sampler import (
     Samples,
@@ -14,6 +15,6 @@ from alignax.sampling.sampler import (
     sequences,
 )
 
-__all__ = ["Samples", "Sweep", "cast_params", "decode_completions", "filter_logits",
-           "generate", "left_pad", "sample_tokens", "sequences", "sweep_head_weights",
-           "weight_grid"]
+__all__ = ["EngineStats", "Samples", "Sweep", "cast_params", "decode_completions",
+           "filter_logits", "generate", "left_pad", "sample_continuous", "sample_tokens",
+           "sequences", "sweep_head_weights", "weight_grid"]

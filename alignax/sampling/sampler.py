@@ -107,7 +107,7 @@ def repeat_cache(cache: KVCache, g: int) -> KVCache:
 
 
 _STATIC = ("graphdef", "num_samples", "max_new_tokens", "temperature", "top_k", "top_p",
-           "stop_ids", "pad_id", "row_keys")
+           "stop_ids", "pad_id", "row_keys", "shared_prompt")
 
 
 def row_request_keys(key, num_rows: int, start=0):
@@ -218,7 +218,8 @@ def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_to
 def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, head_weights=None, *,
                   num_samples: int = 1, max_new_tokens: int, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0, stop_ids: tuple[int, ...],
-                  pad_id: int, row_keys: bool = False) -> Samples:
+                  pad_id: int, row_keys: bool = False,
+                  shared_prompt: bool | None = None) -> Samples:
     """Samples G completions per prompt from `nnx.merge(graphdef, params)` (pure, jitted).
 
     The parameters are used where they are (any sharding; never copied through the host;
@@ -243,13 +244,16 @@ def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, head_weights=N
       row_keys: row j draws its step-i token with `fold_in(fold_in(key, j), i)`: the draws
         the continuous-batching engine makes for request j (`sampling.engine`), so the two
         give the same samples. Default: one key per step for the whole batch.
+      shared_prompt: the G rows of a prompt read one copy of its cached keys and values
+        (`models.attention.SharedPromptKV`; B x P + R x N cache slots instead of R x (P + N));
+        None = whenever `shares_prompt` allows (G > 1, no sliding window); False = G copies.
     Returns:
       `Samples` with `[B * G, N]` arrays, rows prompt-major.
     """
     model = nnx.merge(graphdef, params)
     trunk, head = split_policy(model, head_weights)
     trunk = nnx.merge(*_cast_module(trunk))
-    shared = shares_prompt(trunk.config, num_samples)
+    shared = shares_prompt(trunk.config, num_samples) and shared_prompt is not False
     last, cache = prefill(trunk, prompt_ids, prompt_mask,
                           max_new_tokens=0 if shared else max_new_tokens)
     return decode(trunk, head, last, cache, key, num_samples=num_samples,

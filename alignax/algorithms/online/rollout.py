@@ -30,7 +30,14 @@ from flax import nnx
 
 from alignax import data, distributed, losses, sharding
 from alignax.models import Transformer, logprobs
-from alignax.sampling import cast_params, decode_completions, left_pad, multiturn, sample_tokens
+from alignax.sampling import (
+    cast_params,
+    decode_completions,
+    left_pad,
+    multiturn,
+    sample_continuous,
+    sample_tokens,
+)
 
 # ------------------------------------------------------------------------------- prompts
 
@@ -82,6 +89,7 @@ class SamplingOptions:
     stop_ids: tuple[int, ...]
     pad_id: int
     prompt_width: int
+    slots: int = 0  # > 0: continuous batching through this many decode rows (sampling.engine)
 
 
 def sampler_params_fn(params_like, *, mesh, dtype):
@@ -108,23 +116,33 @@ def prompt_width(examples: Sequence[PromptExample], cap: int) -> int:
 
 
 def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: SamplingOptions, *,
-           tokenizer, shard=None) -> dict[str, np.ndarray]:
+           tokenizer, shard=None, stats: dict | None = None) -> dict[str, np.ndarray]:
     """Samples G completions per prompt with the policy's parameters and decodes them.
 
     Args:
       graphdef, params: the policy (`params` used in place).
       examples: B prompts. key: the sampling key. opts: `SamplingOptions`.
       tokenizer: decodes completions. shard: optional sharding for the `[B, P]` prompts.
+      stats: with `opts.slots`, the engine's `slot_steps` and `slot_tokens` are added to it.
     Returns:
       the sampling part of a rollout (see the module docstring).
     """
     b, g, n = len(examples), opts.num_samples, opts.max_new_tokens
     ids, pmask = left_pad([list(e.prompt_ids) for e in examples], opts.pad_id,
                           prompt_width(examples, opts.prompt_width))
-    dev_ids, dev_mask = (ids, pmask) if shard is None else jax.device_put((ids, pmask), shard)
-    out = sample_tokens(graphdef, params, dev_ids, dev_mask, key, num_samples=g,
-                        max_new_tokens=n, temperature=opts.temperature, top_k=opts.top_k,
-                        top_p=opts.top_p, stop_ids=opts.stop_ids, pad_id=opts.pad_id)
+    kw = dict(num_samples=g, max_new_tokens=n, temperature=opts.temperature,
+              top_k=opts.top_k, top_p=opts.top_p, stop_ids=opts.stop_ids, pad_id=opts.pad_id)
+    if opts.slots:  # continuous batching (one process): rows refill slots as others stop
+        out, engine_stats = sample_continuous(
+            nnx.merge(graphdef, params), [list(e.prompt_ids) for e in examples], key,
+            slots=opts.slots, eos_id=opts.stop_ids[0], prompt_width=ids.shape[1], **kw)
+        if stats is not None:
+            stats["slot_steps"] = stats.get("slot_steps", 0) + engine_stats.slot_steps
+            stats["slot_tokens"] = stats.get("slot_tokens", 0) + engine_stats.tokens
+    else:
+        dev_ids, dev_mask = (ids, pmask) if shard is None else jax.device_put((ids, pmask),
+                                                                               shard)
+        out = sample_tokens(graphdef, params, dev_ids, dev_mask, key, **kw)
     # Every process takes the whole rollout to the host (an all-gather across processes):
     # rewards, advantages' inputs and metrics are then computed identically everywhere.
     tokens, logps, mask = (np.asarray(x) for x in distributed.host_tree(tuple(out)))

@@ -100,7 +100,7 @@ def sampling_options(ro, tokenizer, *, prompt_width: int) -> rollout.SamplingOpt
         num_samples=ro.num_generations, max_new_tokens=ro.max_new_tokens,
         temperature=ro.temperature, top_k=ro.top_k, top_p=ro.top_p,
         stop_ids=tuple(dict.fromkeys((tokenizer.eos_id, *ro.stop_tokens))),
-        pad_id=tokenizer.pad_id, prompt_width=prompt_width)
+        pad_id=tokenizer.pad_id, prompt_width=prompt_width, slots=ro.slots)
 
 
 def rollout_metrics(r: dict, names, *, task: bool,
@@ -282,7 +282,7 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
             key = jax.random.fold_in(step_key, attempt and _RESAMPLE_TAG + attempt)
             if episodes is None:
                 r = rollout.sample(graphdef, policy_params, prompts, key, opts,
-                                   tokenizer=ctx.tokenizer, shard=shard)
+                                   tokenizer=ctx.tokenizer, shard=shard, stats=sampled)
             else:
                 r, episode_metrics = rollout.sample_episodes(
                     graphdef, policy_params, prompts, key, opts, episodes,
@@ -318,6 +318,9 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
     cfg, ro = ctx.cfg, ctx.cfg.rollout
     b, epochs, minibatches = cfg.train.batch_size, ro.num_epochs, ro.num_minibatches
     opts = sampling_options(ro, ctx.tokenizer, prompt_width=ctx.limits.max_prompt_length)
+    if ro.slots < 0 or (ro.slots and (jax.process_count() > 1 or episode_options(ctx))):
+        raise ConfigError("config field 'rollout.slots': continuous batching takes a slot "
+                          "count >= 0 and runs single-turn rollouts on one process")
     forward = jax.jit(lambda p, r, bt: rollout.rollout_forward(
         graphdefs, p, r, bt, temperature=opts.temperature, chunk_size=ctx.chunk))
     prepare = make_prepare(cfg, spec)
@@ -342,7 +345,8 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
             row["entropy"] = float(losses.reduce.token_mean(fwd["entropy"],
                                                             batch["completion_mask"]))
             row.update({k: float(v) for k, v in fwd.items() if k.startswith("sampler/")})
-            row.update({k: float(v) for k, v in prep_mets.items()})
+            row.update({k: float(v) for k, v in prep_mets.items()})  # (waits for the forward)
+            t_forward = time.perf_counter() - t0 - t_sample
             upd: dict[str, list] = {}
             for e in range(epochs):
                 # Each epoch visits the prompts (whole groups) in a fresh order.
@@ -360,11 +364,14 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
             dt = time.perf_counter() - t0
             # Rates count every sampled row and token (dynamic sampling: all tries);
             # time/rollout also includes reward scoring, sampler/* only the sampler.
-            row.update({"time/rollout": t_sample, "time/step": dt,
+            row.update({"time/rollout": t_sample, "time/step": dt, "time/forward": t_forward,
+                        "time/update": dt - t_sample - t_forward,
                         "samples_per_second": sampled["rows"] / dt,
                         "tokens_per_second": sampled["tokens"] / dt,
                         "sampler/tokens_per_second": sampled["tokens"] / sampled["seconds"],
                         "sampler/seconds": sampled["seconds"]})
+            if sampled.get("slot_steps"):  # continuous batching: useful share of the slots
+                row["sampler/slot_efficiency"] = sampled["slot_tokens"] / sampled["slot_steps"]
             return train_state, row, sampled["tokens"]
 
         return step
