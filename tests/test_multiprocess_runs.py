@@ -2,10 +2,13 @@
 jax.distributed on 127.0.0.1, gloo) logs the same metrics as one process with 8 devices, with
 one copy of every file. Online RL (GRPO: rollouts on the global mesh, gathered to every
 process, rewards and advantages computed from the whole batch) and the offline engine
-(MAH-DPO: per-objective counts summed over the processes)."""
+(MAH-DPO: per-objective counts summed over the processes). Failures: a SIGTERM to both (saved,
+resumed, equal to one process), a killed process (the other stops, with a clear error)."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -98,6 +101,41 @@ def test_a_killed_process_stops_the_other_with_a_clear_error(tmp_path):
     survivor = _text(logs / "process0.log")
     assert "stopped sending heartbeats" in survivor or "heartbeat timeout" in survivor
     assert waited < 60, waited
+
+
+@pytest.mark.slow
+def test_sigterm_to_both_processes_saves_then_resumes_as_one_process(tmp_path):
+    # A preemption: SIGTERM to the launcher, which passes it to both processes; they agree on
+    # a step (JAX's preemption sync), save it and exit 0. The same command resumes; the whole
+    # run's metrics equal one process's uninterrupted run.
+    overrides = ("--config.train.steps=30", "--config.train.eval_every=0",
+                 "--config.train.export_hf=False", "--config.checkpoint.every_steps=1000")
+    logs = tmp_path / "logs"
+    launcher = _launch("dpo", tmp_path / "two", overrides, logs=logs, wait=False)
+    try:
+        deadline = time.time() + 240
+        while "step 4/" not in _text(logs / "process0.log"):
+            assert time.time() < deadline and launcher.poll() is None, _text(logs / "process0.log")
+            time.sleep(0.2)
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=120)
+    finally:
+        launcher.kill()
+    first = _text(logs / "process0.log")
+    assert launcher.returncode == 0, first[-2000:]
+    saved = int(re.search(r"preempted: saved step (\d+)", first).group(1))
+    assert 4 <= saved < 30
+    assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "two"))] == list(
+        range(1, saved + 1))
+    out = _launch("dpo", tmp_path / "two", overrides, logs=tmp_path / "logs2")
+    assert f"resumed from step {saved}" in out
+    train(load("dpo", *overrides), tmp_path / "one")
+    two, one = metrics.read_metrics(str(tmp_path / "two")), metrics.read_metrics(
+        str(tmp_path / "one"))
+    assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, 31))
+    for a, b in zip(two, one):
+        for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def _child(parent: int, marker: str) -> int:

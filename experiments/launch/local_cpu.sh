@@ -3,7 +3,9 @@
 # machine (what tests/test_multiprocess_runs.py runs). Usage:
 #   experiments/launch/local_cpu.sh N D --config experiments/configs/grpo.py:smoke --workdir runs/mp
 # Env: PYTHON (default: python), LOGDIR (per-process logs, default: the current directory),
-# PORT (coordinator port, default: random). Exits with the first non-zero status.
+# PORT (coordinator port, default: random). Exits with the first non-zero status. SIGTERM /
+# SIGINT to this script go to every process (as a preemption or `scancel` would): they agree
+# on a step, save it and exit 0; rerun the same command to resume.
 set -euo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS alignax-train-arguments..." >&2
@@ -19,8 +21,15 @@ for ((i = 0; i < n; i++)); do
     --num-processes "$n" --process-id "$i" > "${LOGDIR:-.}/process$i.log" 2>&1 &
   pids+=($!)
 done
+trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
 rc=0
 for p in "${pids[@]}"; do
-  wait "$p" || { s=$?; [ "$rc" -eq 0 ] && rc=$s; }
+  while true; do
+    wait "$p" && s=0 || s=$?
+    # A trapped signal interrupts `wait` (status > 128) while the process still runs.
+    if [ "$s" -gt 128 ] && kill -0 "$p" 2>/dev/null; then continue; fi
+    break
+  done
+  [ "$s" -ne 0 ] && [ "$rc" -eq 0 ] && rc=$s
 done
 exit "$rc"

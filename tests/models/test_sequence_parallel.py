@@ -33,7 +33,7 @@ def _on_mesh(axes, fn, state, *args):
         return jax.jit(fn)(state, *args)
 
 
-@pytest.mark.parametrize("axes", [{"data": 2, "sequence": 4}, {"sequence": 8},
+@pytest.mark.parametrize("axes", [{"data": 2, "sequence": 4},
                                   {"fsdp": 2, "tensor": 2, "sequence": 2}])
 def test_forward_equals_one_device(axes):
     graphdef, state = nnx.split(_model())

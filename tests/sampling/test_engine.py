@@ -44,14 +44,12 @@ def test_continuous_equals_static(setup, slots):
     assert stats.refills == requests - min(slots, requests)  # every freed slot was reused
     assert stats.tokens == mask.sum()
     assert len(set(mask.sum(1))) > 3  # the rows really end at different lengths
-
-
-def test_freed_slots_raise_efficiency(setup):
-    model, prompts, _ = setup
-    _, static_like = _continuous(model, prompts, 18)  # every request at once: no refill
-    _, refilled = _continuous(model, prompts, 4, refill_at=1)
-    assert static_like.refills == 0 and refilled.refills == 14
-    assert refilled.efficiency > static_like.efficiency + 0.2
+    # Static batching idles the stopped rows' slots: all 18 at once runs to the longest row.
+    static_steps = requests * mask.sum(1).max()
+    if slots == 18:
+        assert stats.slot_steps == static_steps
+    else:  # refilled slots: more of the slot-steps are useful
+        assert stats.efficiency > mask.sum() / static_steps + 0.2
 
 
 def test_each_request_stops_at_its_own_limit(setup):
@@ -66,7 +64,7 @@ def test_each_request_stops_at_its_own_limit(setup):
         _continuous(model, prompts, 4, limits=[N + 1] * (len(prompts) * G))
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3"])
+@pytest.mark.parametrize("name", ["qwen3"])  # q/k norms; Llama: test_continuous_equals_static
 def test_shared_prompt_cache_equals_repeated(name):
     """G = 4 samples per prompt read one copy of the prompt's keys (the default for G > 1);
     the same draws on G copies of the prompt (G = 1, repeated prompts) agree."""
