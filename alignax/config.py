@@ -98,10 +98,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # dynamic sampling with up to `max_resample` tries. `slots` > 0: continuous batching
     # through that many decode rows (rows that stop early free their slot for the next
     # sample; one process, single-turn; each sample draws with its own key, so the samples
-    # differ from the default static batching's for the same seed).
+    # differ from the default static batching's for the same seed). `async_rollouts` (grpo,
+    # rloo): step k+1's batch is sampled from the parameters before step k's update, queued
+    # ahead of it (one step off-policy); each token's loss is weighted by the truncated
+    # importance ratio min(pi_old / pi_sampler, `importance_cap`) (TRL's vLLM correction).
     "rollout": dict(num_generations=8, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,
                     stop_tokens=(), num_epochs=1, num_minibatches=1, dynamic_sampling=False,
-                    max_resample=4, slots=0),
+                    max_resample=4, slots=0, async_rollouts=False, importance_cap=2.0),
     # Multi-turn online RL (grpo / rloo / ppo): `name` "" = single-turn, "calculator", or your
     # `package.module:factory`; a turn ends at `tool_end` (or EOS) or after `max_turn_tokens`
     # (0 = rollout.max_new_tokens); `max_total_tokens` (0 = max_turns x (turn + observation

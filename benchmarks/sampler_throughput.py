@@ -54,6 +54,7 @@ from flax import nnx
 from alignax.models import ModelConfig, Transformer
 from alignax.models.cache import init_cache
 from alignax.sampling import sample_tokens
+from alignax.sampling.sampler import ragged_segments
 
 PRESETS: dict[str, dict[str, Any]] = {
     "1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, mlp=8192, vocab=32000,
@@ -161,6 +162,21 @@ def kv_bytes_per_step(config: ModelConfig, rows: int, prompt_len: int, new_token
                 * jnp.dtype(dtype).itemsize)
     mean_len = prompt_len + (new_tokens + 1) / 2
     return rows * mean_len * per_slot
+
+
+def attended_slots_per_step(prompts: int, samples: int, prompt_len: int,
+                            new_tokens: int) -> float:
+    """Mean cache slots the decode loop attends per step: ragged segments over the generated
+    slots (`sampling.sampler.ragged_segments`), the prompt read once per group of G rows."""
+    start, total = 0, 0
+    for end in ragged_segments(new_tokens):
+        total += (end - start) * end
+        start = end
+    own = total / new_tokens
+    rows = prompts * samples
+    if samples > 1:
+        return prompts * prompt_len + rows * own
+    return rows * (prompt_len + own)
 
 
 def copy_bandwidth(gib: float, dtype=jnp.bfloat16) -> float:
@@ -276,8 +292,9 @@ def run(args) -> dict[str, Any]:
     bandwidth = copy_bandwidth(args.copy_gib)
     w_read, w_total = weight_bytes_per_step(params, config, rows)
     kv_read = kv_bytes_per_step(config, rows, p, n, args.dtype)
-    # What this implementation reads: attention spans all P + N preallocated slots (masked).
-    kv_full = kv_read / (p + (n + 1) / 2) * (p + n)
+    # What this implementation reads: the slots its attention spans (masked beyond the valid).
+    kv_full = kv_read / (rows * (p + (n + 1) / 2)) * attended_slots_per_step(
+        args.prompts, args.samples, p, n)
     step_bytes = w_read + kv_read
     roofline = rows / (step_bytes / bandwidth)
     result = {
@@ -315,8 +332,8 @@ def report(r: dict[str, Any]) -> str:
         f"{r['kv_bytes_per_step'] / 1e9:.3f} GB KV per step at "
         f"{r['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s measured = "
         f"{r['roofline_tokens_per_s']:,.0f} tokens/s; fraction {r['roofline_fraction']:.1%}",
-        f"  (the decode loop attends over all {r['prompt_len'] + r['new_tokens']} allocated "
-        f"slots: {r['kv_bytes_per_step_allocated'] / 1e9:.3f} GB KV read per step)",
+        f"  (the decode loop's attention spans ragged segments of the cache: "
+        f"{r['kv_bytes_per_step_allocated'] / 1e9:.3f} GB KV read per step)",
     ]
     if "hf_new_tokens_per_s" in r:
         lines.append(f"transformers {r['transformers']} generate: "

@@ -1,9 +1,10 @@
 """Whole runs on two processes: `alignax train` started twice (2 processes x 4 CPU devices,
 jax.distributed on 127.0.0.1, gloo) logs the same metrics as one process with 8 devices, with
 one copy of every file. Online RL (GRPO: rollouts on the global mesh, gathered to every
-process, rewards and advantages computed from the whole batch) and the offline engine
-(MAH-DPO: per-objective counts summed over the processes). Failures: a SIGTERM to both (saved,
-resumed, equal to one process), a killed process (the other stops, with a clear error)."""
+process, rewards and advantages computed from the whole batch; multi-turn episodes) and the
+offline engine (MAH-DPO: per-objective counts summed over the processes) through a SIGTERM
+to both processes, saved and resumed. A killed process: the other stops, with a clear
+error."""
 
 import json
 import os
@@ -22,7 +23,7 @@ from tests.runs import ROOT, load, train
 CASES = {
     # A random policy's rewards vary with a digit anywhere in its bytes: groups differ.
     "grpo": ("--config.reward.functions=('regex:.*[0-9].*',)",),
-    "mah_dpo": (),
+    # (MAH-DPO, the offline engine: the SIGTERM test below.)
     # Multi-turn episodes: the environment runs on process 0, its answers go to both.
     "grpo_tools": ("--config.environment.name=tests.algorithms.online.scripted_env:make",
                    "--config.environment.max_turn_tokens=4"),
@@ -70,10 +71,8 @@ def test_two_processes_train_as_one(tmp_path, name):
             np.testing.assert_allclose(a[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
     if name == "grpo":
         assert any(r["reward_std"] > 0 for r in one)  # the comparison has signal
-    elif name == "grpo_tools":
+    else:
         assert all(r["episodes/turns"] > 2 and r["episodes/tool_errors"] > 0 for r in two)
-    else:  # counted over both processes' rows, not one process's times two
-        assert two[-1]["correct/examples_seen"] == one[-1]["correct/examples_seen"]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["steps"] == 3
 
@@ -105,13 +104,14 @@ def test_a_killed_process_stops_the_other_with_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_to_both_processes_saves_then_resumes_as_one_process(tmp_path):
-    # A preemption: SIGTERM to the launcher, which passes it to both processes; they agree on
-    # a step (JAX's preemption sync), save it and exit 0. The same command resumes; the whole
-    # run's metrics equal one process's uninterrupted run.
-    overrides = ("--config.train.steps=30", "--config.train.eval_every=0",
+    # The offline engine on two processes (MAH-DPO: per-objective counts summed over both)
+    # and a preemption: SIGTERM to the launcher, which passes it to both processes; they agree
+    # on a step (JAX's preemption sync), save it and exit 0. The same command resumes; the
+    # whole run's metrics equal one process's uninterrupted run.
+    overrides = ("--config.train.steps=24", "--config.train.eval_every=0",
                  "--config.train.export_hf=False", "--config.checkpoint.every_steps=1000")
     logs = tmp_path / "logs"
-    launcher = _launch("dpo", tmp_path / "two", overrides, logs=logs, wait=False)
+    launcher = _launch("mah_dpo", tmp_path / "two", overrides, logs=logs, wait=False)
     try:
         deadline = time.time() + 240
         while "step 4/" not in _text(logs / "process0.log"):
@@ -124,18 +124,22 @@ def test_sigterm_to_both_processes_saves_then_resumes_as_one_process(tmp_path):
     first = _text(logs / "process0.log")
     assert launcher.returncode == 0, first[-2000:]
     saved = int(re.search(r"preempted: saved step (\d+)", first).group(1))
-    assert 4 <= saved < 30
+    assert 4 <= saved < 24
     assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "two"))] == list(
         range(1, saved + 1))
-    out = _launch("dpo", tmp_path / "two", overrides, logs=tmp_path / "logs2")
+    out = _launch("mah_dpo", tmp_path / "two", overrides, logs=tmp_path / "logs2")
     assert f"resumed from step {saved}" in out
-    train(load("dpo", *overrides), tmp_path / "one")
+    train(load("mah_dpo", *overrides), tmp_path / "one")
     two, one = metrics.read_metrics(str(tmp_path / "two")), metrics.read_metrics(
         str(tmp_path / "one"))
-    assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, 31))
+    assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, 25))
     for a, b in zip(two, one):
-        for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen"):
-            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        for key, value in b.items():
+            if "second" in key or "time" in key or not isinstance(value, int | float):
+                continue
+            np.testing.assert_allclose(a[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    # counted over both processes' rows (not one process's times two), across the restart
+    assert two[-1]["correct/examples_seen"] == one[-1]["correct/examples_seen"]
 
 
 def _child(parent: int, marker: str) -> int:

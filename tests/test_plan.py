@@ -53,8 +53,6 @@ def _compiled(argv):
 
 
 CASES = {
-    "dpo data=8 save_dots": ["--task", "dpo", "--pairs", "8", "--prompt-len", "64",
-                             "--completion-len", "64", "--mesh", "data=8"],
     "dpo 2x2x2": ["--task", "dpo", "--pairs", "8", "--prompt-len", "64",
                   "--completion-len", "64", "--mesh", "data=2,fsdp=2,tensor=2"],
     "sft data=2,sequence=4": ["--task", "sft", "--rows", "8", "--prompt-len", "128",

@@ -179,6 +179,8 @@ def _attend_shared(q, cache: SharedPromptKV, prompt_valid, valid):
     g, rep = r // b, n // k
     qg = q.reshape(b, g, t, k, rep, d)
     dt = cache.k.dtype
+    w = valid.shape[-1]  # narrower than the cache in ragged decode: later slots are empty
+    cache = cache._replace(k=cache.k[:, :w], v=cache.v[:, :w])
     scale = 1.0 / math.sqrt(d)
     s_prompt = jnp.einsum("bgtkrd,bpkd->bgkrtp", qg, cache.prompt_k.astype(q.dtype),
                           preferred_element_type=jnp.float32) * scale
@@ -286,7 +288,9 @@ class Attention(nnx.Module):
                 k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
                 v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
             new_cache = (k_cache, v_cache)
-            k, v = k_cache.astype(dt), v_cache.astype(dt)
+            # A mask narrower than the cache (ragged decode): the slots past it are empty.
+            width = k_cache.shape[1] if mask is None else min(mask.shape[-1], k_cache.shape[1])
+            k, v = k_cache[:, :width].astype(dt), v_cache[:, :width].astype(dt)
             impl = "xla" if impl == "auto" else impl  # short query blocks: XLA is fine
         if not isinstance(kv_cache, SharedPromptKV):
             out = _attend(q, k, v, mask, impl=impl)  # [B, T, N, D]

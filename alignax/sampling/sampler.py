@@ -107,7 +107,7 @@ def repeat_cache(cache: KVCache, g: int) -> KVCache:
 
 
 _STATIC = ("graphdef", "num_samples", "max_new_tokens", "temperature", "top_k", "top_p",
-           "stop_ids", "pad_id", "row_keys", "shared_prompt")
+           "stop_ids", "pad_id", "row_keys", "shared_prompt", "ragged")
 
 
 def row_request_keys(key, num_rows: int, start=0):
@@ -154,7 +154,8 @@ def prefill(trunk, prompt_ids, prompt_mask, *, max_new_tokens: int):
 
 def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_tokens: int,
            temperature: float, top_k: int, top_p: float, stop_ids: tuple[int, ...],
-           pad_id: int, row_keys: bool = False, shared_prompt: bool = False) -> Samples:
+           pad_id: int, row_keys: bool = False, shared_prompt: bool = False,
+           ragged: bool = True) -> Samples:
     """The decoding loop from a prefilled `[B]`-row cache: G samples per prompt, one
     `lax.while_loop` that ends when every row has stopped.
 
@@ -165,6 +166,8 @@ def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_to
       shared_prompt: `cache` holds the prompts only (`prefill(..., max_new_tokens=0)`); the
         G rows of a prompt share its keys and values (`models.attention.SharedPromptKV`)
         instead of G copies of them.
+      ragged: attend over the cache slots filled so far, in `ragged_segments` (else every
+        step attends over all of them, masked).
     """
     logits_fn = _logits_fn(trunk, head)
     p = cache.k.shape[2] - (0 if shared_prompt else max_new_tokens)
@@ -188,30 +191,52 @@ def decode(trunk, head, last_hidden, cache, key, *, num_samples: int, max_new_to
             return jax.random.fold_in(key, i)
         return jax.vmap(jax.random.fold_in, (0, None))(keys, i)
 
-    def cond(carry):
-        i, _, _, _, _, done, *_ = carry
-        return (i < n) & ~jnp.all(done)
+    def segment(end: int):
+        """Steps up to `end`, attending over the cache slots those steps can have filled."""
+        width = end if shared_prompt else p + end
+        width = None if width == (n if shared_prompt else p + n) else width
 
-    def body(carry):
-        i, logits, kv, valid, next_position, done, tokens, logps, mask = carry
-        live = ~done
-        token, tokens, logps, mask = draw_token(
-            logits, step_key(i), i, live, tokens, logps, mask,
-            temperature=temperature, top_k=top_k, top_p=top_p, pad_id=pad_id)
-        if shared_prompt:
-            h, kv, valid, next_position = decode_token_shared(
-                trunk, layers, token, live, kv, prompt_valid, valid, next_position, i)
-        else:
-            h, kv, valid, next_position = decode_token(trunk, layers, token, live, kv, valid,
-                                                        next_position, p + i)
-        done = done | jnp.isin(token, stops)
-        return i + 1, logits_fn(h)[:, 0], kv, valid, next_position, done, tokens, logps, mask
+        def cond(carry):
+            i, _, _, _, _, done, *_ = carry
+            return (i < end) & ~jnp.all(done)
 
-    init = (jnp.zeros((), jnp.int32), logits, kv, valid, next_position,
-            jnp.zeros(r, bool), jnp.full((r, n), pad_id, jnp.int32),
-            jnp.zeros((r, n), jnp.float32), jnp.zeros((r, n), jnp.int32))
-    *_, tokens, logps, mask = jax.lax.while_loop(cond, body, init)
+        def body(carry):
+            i, logits, kv, valid, next_position, done, tokens, logps, mask = carry
+            live = ~done
+            token, tokens, logps, mask = draw_token(
+                logits, step_key(i), i, live, tokens, logps, mask,
+                temperature=temperature, top_k=top_k, top_p=top_p, pad_id=pad_id)
+            if shared_prompt:
+                h, kv, valid, next_position = decode_token_shared(
+                    trunk, layers, token, live, kv, prompt_valid, valid, next_position, i,
+                    width)
+            else:
+                h, kv, valid, next_position = decode_token(
+                    trunk, layers, token, live, kv, valid, next_position, p + i, width)
+            done = done | jnp.isin(token, stops)
+            return i + 1, logits_fn(h)[:, 0], kv, valid, next_position, done, tokens, logps, mask
+
+        return lambda carry: jax.lax.while_loop(cond, body, carry)
+
+    carry = (jnp.zeros((), jnp.int32), logits, kv, valid, next_position,
+             jnp.zeros(r, bool), jnp.full((r, n), pad_id, jnp.int32),
+             jnp.zeros((r, n), jnp.float32), jnp.zeros((r, n), jnp.int32))
+    for end in ragged_segments(n) if ragged else (n,):
+        carry = segment(end)(carry)
+    *_, tokens, logps, mask = carry
     return Samples(tokens, logps, mask)
+
+
+def ragged_segments(n: int) -> tuple[int, ...]:
+    """Ends of the decode loop's segments for N new tokens: the first quarter of the steps
+    attends over P + N/4 cache slots, the next quarter over P + N/2, the rest over P + N, so
+    a step reads ~69% of the generated slots' keys instead of all of them (one compiled loop
+    body per segment: only for N >= 64).
+
+    >>> ragged_segments(256), ragged_segments(16)
+    ((64, 128, 256), (16,))
+    """
+    return (n // 4, n // 2, n) if n >= 64 else (n,)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -219,7 +244,7 @@ def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, head_weights=N
                   num_samples: int = 1, max_new_tokens: int, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0, stop_ids: tuple[int, ...],
                   pad_id: int, row_keys: bool = False,
-                  shared_prompt: bool | None = None) -> Samples:
+                  shared_prompt: bool | None = None, ragged: bool = True) -> Samples:
     """Samples G completions per prompt from `nnx.merge(graphdef, params)` (pure, jitted).
 
     The parameters are used where they are (any sharding; never copied through the host;
@@ -247,6 +272,8 @@ def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, head_weights=N
       shared_prompt: the G rows of a prompt read one copy of its cached keys and values
         (`models.attention.SharedPromptKV`; B x P + R x N cache slots instead of R x (P + N));
         None = whenever `shares_prompt` allows (G > 1, no sliding window); False = G copies.
+      ragged: each decode step attends over the cache slots filled so far, in segments
+        (`ragged_segments`: N >= 64), instead of all P + N (masked). Same numbers.
     Returns:
       `Samples` with `[B * G, N]` arrays, rows prompt-major.
     """
@@ -259,7 +286,7 @@ def sample_tokens(graphdef, params, prompt_ids, prompt_mask, key, head_weights=N
     return decode(trunk, head, last, cache, key, num_samples=num_samples,
                   max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                   top_p=top_p, stop_ids=stop_ids, pad_id=pad_id, row_keys=row_keys,
-                  shared_prompt=shared)
+                  shared_prompt=shared, ragged=ragged)
 
 
 def shares_prompt(config, num_samples: int) -> bool:
@@ -320,7 +347,8 @@ def unstack_layers(model) -> list:
             for i in range(model.config.num_layers)]
 
 
-def decode_token(model, layers, token, live, kv, valid, next_position, slot):
+def decode_token(model, layers, token, live, kv, valid, next_position, slot,
+                 width: int | None = None):
     """One decode step with per-layer caches: `model.hidden_states(token[:, None], live,
     cache=...)` with the layers unrolled; returns the `[R, 1, E]` hidden state.
 
@@ -328,17 +356,20 @@ def decode_token(model, layers, token, live, kv, valid, next_position, slot):
     writes the new token's slot in place and attention reads the buffer directly. (The
     model's scan over stacked layers would slice each layer's cache out and stack the updated
     ones back: several copies of the whole cache per generated token, in a bandwidth-bound
-    loop.) Same layer code (`DecoderLayer.__call__`), same masks and positions.
+    loop.) Same layer code (`DecoderLayer.__call__`), same masks and positions. `width`
+    (static): attend over the first `width` cache slots only (ragged decode: the slots after
+    the step's own are empty).
     """
     cfg = model.config
     h = jnp.take(model.embed[...], token[:, None], axis=0).astype(cfg.compute_dtype)
     positions = next_position[:, None]  # the row's next RoPE position (real tokens only)
     valid = jax.lax.dynamic_update_slice(valid, live[:, None], (0, slot))
     q_slots = jnp.reshape(slot, (1,)).astype(jnp.int32)
-    mask = make_mask(q_slots, valid)
+    seen = valid if width is None else valid[:, :width]
+    mask = make_mask(q_slots, seen)
     window_mask = None
     if cfg.uses_window:
-        window_mask = make_mask(q_slots, valid, window=cfg.sliding_window)
+        window_mask = make_mask(q_slots, seen, window=cfg.sliding_window)
     new_kv = []
     for i, layer in enumerate(layers):
         slides = window_mask is not None and (cfg.sliding_layers is None
@@ -350,15 +381,17 @@ def decode_token(model, layers, token, live, kv, valid, next_position, slot):
 
 
 def decode_token_shared(model, layers, token, live, kv, prompt_valid, valid, next_position,
-                        i):
+                        i, width: int | None = None):
     """`decode_token` over `SharedPromptKV` caches: the step's key / value go to slot `i` of
-    each row's generated part; attention reads the row's prompt from its group's copy."""
+    each row's generated part; attention reads the row's prompt from its group's copy (and,
+    with `width`, the first `width` generated slots only)."""
     cfg = model.config
     h = jnp.take(model.embed[...], token[:, None], axis=0).astype(cfg.compute_dtype)
     valid = jax.lax.dynamic_update_slice(valid, live[:, None], (0, i))
     new_kv = []
     for layer, layer_kv in zip(layers, kv, strict=True):
-        h, layer_kv = layer(h, next_position[:, None], (prompt_valid, valid), layer_kv,
+        seen = valid if width is None else valid[:, :width]
+        h, layer_kv = layer(h, next_position[:, None], (prompt_valid, seen), layer_kv,
                             jnp.asarray(i, jnp.int32))
         new_kv.append(layer_kv)
     return model.norm(h), new_kv, valid, next_position + live.astype(jnp.int32)

@@ -82,10 +82,10 @@ def test_dpo_loss_and_gradients_equal_one_device():
 
 def test_activations_split_along_the_sequence():
     """The step's temporaries shrink with the sequence axis (a test of the layout, not of the
-    numbers): 2 rows x 512 tokens, data=2 against data=2 x sequence=4."""
-    graphdef, params = nnx.split(init_model(tiny_config("llama", num_layers=4,
-                                                        max_position_embeddings=1024)))
-    ids = np.ones((2, 2, 512), np.int32)
+    numbers): 2 rows x 256 tokens, data=2 against data=2 x sequence=4."""
+    graphdef, params = nnx.split(init_model(tiny_config("llama", num_layers=2,
+                                                        max_position_embeddings=512)))
+    ids = np.ones((2, 2, 256), np.int32)
     batch = {"input_ids": ids, "attention_mask": ids, "completion_mask": ids}
     fn = _dpo_grad(graphdef)
 

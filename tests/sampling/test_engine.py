@@ -95,3 +95,19 @@ def test_shared_prompt_cache_memory():
     shared = temp(ids, mask, 16)
     copies = temp(np.repeat(ids, 16, 0), np.repeat(mask, 16, 0), 1)
     assert shared < 0.5 * copies, (shared, copies)
+
+
+@pytest.mark.parametrize("g", [1, 4])  # the repeated-cache and the shared-prompt layouts
+def test_ragged_decode_equals_full_width(g):
+    """64 new tokens decode in 3 segments attending over 16, 32 and 64 generated slots; the
+    same samples as attending over all of them every step."""
+    graphdef, params = nnx.split(init_model(tiny_config("llama"), seed=0))
+    rng = np.random.default_rng(0)
+    ids, mask = left_pad([list(rng.integers(3, 250, rng.integers(2, 9))) for _ in range(2)],
+                         PAD, WIDTH)
+    kw = dict(num_samples=g, max_new_tokens=64, stop_ids=(258,), pad_id=PAD)
+    ragged = sample_tokens(graphdef, params, ids, mask, jax.random.key(5), ragged=True, **kw)
+    full = sample_tokens(graphdef, params, ids, mask, jax.random.key(5), ragged=False, **kw)
+    np.testing.assert_array_equal(np.asarray(ragged.tokens), np.asarray(full.tokens))
+    assert np.asarray(full.mask).sum() > 2 * 3 * g * 16  # rows run into the later segments
+    assert float(jnp.max(jnp.abs(ragged.logps - full.logps))) < 2e-6

@@ -42,7 +42,8 @@ def clipped_loss_fn(graphdefs, *, loss_type: str, temperature: float, epsilon: f
 
     Batch: `input_ids`, `attention_mask` `[B, G, S]`; `completion_mask`, `old_logps` (and
     `ref_logps` if beta) `[B, G, N]`; `advantages` `[B, G]`; `normalizer` `[B]` (dapo's
-    token count, the same in every row).
+    token count, the same in every row); `is_weights` `[B, G, N]` (async rollouts) multiply
+    each token's loss.
     """
 
     def loss_fn(params, batch, rng, *, ref_params=None):
@@ -54,6 +55,8 @@ def clipped_loss_fn(graphdefs, *, loss_type: str, temperature: float, epsilon: f
             epsilon_high=epsilon_high, beta=beta,
             importance_sampling_level=importance_sampling_level,
             use_bias_correction_kl=use_bias_correction_kl, delta=delta)
+        if "is_weights" in batch:  # async rollouts: truncated importance weights
+            per_token = per_token * flat(batch["is_weights"])
         loss = losses.grpo_aggregate(per_token, mask, loss_type=loss_type,
                                      max_completion_length=mask.shape[-1],
                                      normalizer=batch["normalizer"][0])

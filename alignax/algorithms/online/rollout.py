@@ -20,6 +20,7 @@ Shapes: B prompts, G samples per prompt, P prompt width, N new tokens, S = P + N
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,7 +117,7 @@ def prompt_width(examples: Sequence[PromptExample], cap: int) -> int:
 
 
 def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: SamplingOptions, *,
-           tokenizer, shard=None, stats: dict | None = None) -> dict[str, np.ndarray]:
+           tokenizer, shard=None, stats: dict | None = None, defer: bool = False):
     """Samples G completions per prompt with the policy's parameters and decodes them.
 
     Args:
@@ -124,10 +125,13 @@ def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: Sampl
       examples: B prompts. key: the sampling key. opts: `SamplingOptions`.
       tokenizer: decodes completions. shard: optional sharding for the `[B, P]` prompts.
       stats: with `opts.slots`, the engine's `slot_steps` and `slot_tokens` are added to it.
+      defer: return `finish() -> rollout` instead: the sampling is queued on the devices
+        (JAX's asynchronous dispatch), the host work (the transfer, decoding) waits for
+        `finish`, so work queued after it (an update) runs while the host decodes and scores.
     Returns:
-      the sampling part of a rollout (see the module docstring).
+      the sampling part of a rollout (see the module docstring), or `finish` with `defer`.
     """
-    b, g, n = len(examples), opts.num_samples, opts.max_new_tokens
+    g, n = opts.num_samples, opts.max_new_tokens
     ids, pmask = left_pad([list(e.prompt_ids) for e in examples], opts.pad_id,
                           prompt_width(examples, opts.prompt_width))
     kw = dict(num_samples=g, max_new_tokens=n, temperature=opts.temperature,
@@ -143,6 +147,12 @@ def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: Sampl
         dev_ids, dev_mask = (ids, pmask) if shard is None else jax.device_put((ids, pmask),
                                                                                shard)
         out = sample_tokens(graphdef, params, dev_ids, dev_mask, key, **kw)
+    finish = functools.partial(_finish_sample, out, examples, ids, pmask, opts, tokenizer)
+    return finish if defer else finish()
+
+
+def _finish_sample(out, examples, ids, pmask, opts: SamplingOptions, tokenizer) -> dict:
+    b, g, n = len(examples), opts.num_samples, opts.max_new_tokens
     # Every process takes the whole rollout to the host (an all-gather across processes):
     # rewards, advantages' inputs and metrics are then computed identically everywhere.
     tokens, logps, mask = (np.asarray(x) for x in distributed.host_tree(tuple(out)))

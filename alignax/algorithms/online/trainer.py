@@ -75,10 +75,19 @@ def make_prepare(cfg, spec: Online):
     estimator = cfg.loss.get("kl_estimator", "k1")
     advantages = spec.advantages(cfg) if spec.advantages else None
 
+    cap = cfg.rollout.importance_cap if cfg.rollout.async_rollouts else None
+
     def prepare(batch, fwd):
         mask = batch["completion_mask"].astype(jnp.float32)
         out = dict(batch, old_logps=fwd["old_logps"])
         mets = {}
+        if cap is not None:  # rollouts one step old: truncated importance weights (TIS)
+            ratio = jnp.exp(fwd["old_logps"] - batch["sampler_logps"])
+            out["is_weights"] = jnp.minimum(ratio, cap) * mask
+            mets["async/is_weight_mean"] = losses.reduce.token_mean(out["is_weights"], mask)
+            mets["async/is_ratio_max"] = jnp.max(jnp.where(mask > 0, ratio, 0.0))
+            mets["async/is_capped_fraction"] = losses.reduce.token_mean(
+                (ratio > cap).astype(jnp.float32), mask)
         if "ref_logps" in fwd:
             out["ref_logps"] = fwd["ref_logps"]
             kl = rollout.sequence_kl(fwd["old_logps"], fwd["ref_logps"], mask,
@@ -155,11 +164,21 @@ class Rollouts:
         self.key, step_key = jax.random.split(self.key)
         return step_key
 
-    def state_dict(self) -> dict:
+    def _now(self) -> dict:
         return {"prompts": self.prompts.state_dict(),
                 "rng": [int(x) for x in np.asarray(jax.random.key_data(self.key))]}
 
+    def mark(self, pending: bool = True) -> None:
+        """Async rollouts: the state before the next (pending) batch is drawn is the one a
+        checkpoint keeps, so a resumed run draws that batch again (the pending rollout itself
+        is not saved); `pending=False`: no batch is pending, the current state is kept."""
+        self._mark = self._now() if pending else None
+
+    def state_dict(self) -> dict:
+        return getattr(self, "_mark", None) or self._now()
+
     def load_state_dict(self, state: dict) -> None:
+        self._mark = None
         self.prompts.load_state_dict(state["prompts"])
         self.key = jax.random.wrap_key_data(np.asarray(state["rng"], np.uint32))
 
@@ -267,14 +286,33 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
                to_sampler):
     """`collect(params, key) -> (rollout, metrics, sampler totals)`: samples and scores B
     groups; DAPO dynamic sampling drops all-equal groups. The totals count every try: wall
-    seconds (generation and decoding to text, not reward scoring), rows and tokens."""
+    seconds (generation and decoding to text, not reward scoring), rows and tokens.
+    `collect(params, key, defer=True)` queues the sampling and returns `() -> (...)`."""
     ro, b = ctx.cfg.rollout, ctx.cfg.train.batch_size
     max_tries = ro.max_resample if ro.dynamic_sampling else 1
     episodes = episode_options(ctx)
 
-    def collect(params, step_key):
+    def collect(params, step_key, defer: bool = False):
         rollouts, sampled = [], {"seconds": 0.0, "rows": 0, "tokens": 0}
         policy_params = to_sampler(params["policy"])  # once per rollout, device to device
+        if defer:  # async rollouts: single-turn, one try (checked in _step_maker)
+            prompts = state.prompts.next_batch()
+            finish = rollout.sample(graphdef, policy_params, prompts,
+                                    jax.random.fold_in(step_key, 0), opts,
+                                    tokenizer=ctx.tokenizer, shard=shard, stats=sampled,
+                                    defer=True)
+
+            def done():
+                t0 = time.perf_counter()
+                r = finish()
+                sampled["seconds"] += time.perf_counter() - t0
+                sampled["rows"] += int(r["lengths"].size)
+                sampled["tokens"] += int(r["lengths"].sum())
+                r = scorer(r)
+                _check_scored(r, scorer.names)
+                return r, {}, sampled
+
+            return done
         for attempt in range(max_tries):
             prompts = state.prompts.next_batch()
             # Try 0 draws with fold_in(key, 0); later tries use tags no epoch shuffle uses.
@@ -321,6 +359,12 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
     if ro.slots < 0 or (ro.slots and (jax.process_count() > 1 or episode_options(ctx))):
         raise ConfigError("config field 'rollout.slots': continuous batching takes a slot "
                           "count >= 0 and runs single-turn rollouts on one process")
+    if ro.async_rollouts and (cfg.algorithm not in ("grpo", "rloo") or ro.dynamic_sampling
+                              or episode_options(ctx) or ro.importance_cap < 1):
+        raise ConfigError("config field 'rollout.async_rollouts': one-step off-policy rollouts "
+                          "run with grpo / rloo, single-turn, without dynamic sampling, "
+                          "and rollout.importance_cap >= 1")
+    last_update = (cfg.train.steps - 1) * epochs * minibatches  # no rollout after the last
     forward = jax.jit(lambda p, r, bt: rollout.rollout_forward(
         graphdefs, p, r, bt, temperature=opts.temperature, chunk_size=ctx.chunk))
     prepare = make_prepare(cfg, spec)
@@ -333,10 +377,17 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
                          to_sampler)
 
     def make_step(update):
+        pending = {}  # async rollouts: the next step's batch, sampled during this one
+
         def step(train_state):
             t0 = time.perf_counter()
-            step_key = state.split()
-            r, row, sampled = collect(train_state.params, step_key)
+            staleness = 0
+            if pending:  # sampled from the parameters before the previous update
+                r, row, sampled, step_key = pending.pop("next")
+                staleness = 1
+            else:
+                step_key = state.split()
+                r, row, sampled = collect(train_state.params, step_key)
             t_sample = time.perf_counter() - t0
             row.update(rollout_metrics(r, scorer.names, task=task, failures=scorer.failures))
             batch = device_batch(r, spec, shard)
@@ -347,6 +398,15 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
             row.update({k: float(v) for k, v in fwd.items() if k.startswith("sampler/")})
             row.update({k: float(v) for k, v in prep_mets.items()})  # (waits for the forward)
             t_forward = time.perf_counter() - t0 - t_sample
+            finish = None
+            if ro.async_rollouts:
+                state.mark(pending=False)
+            if ro.async_rollouts and int(train_state.step) < last_update:
+                # The next batch from these parameters, queued before this step's updates:
+                # the host decodes and scores it while the devices update.
+                state.mark()
+                next_key = state.split()
+                finish = collect(train_state.params, next_key, defer=True)
             upd: dict[str, list] = {}
             for e in range(epochs):
                 # Each epoch visits the prompts (whole groups) in a fresh order.
@@ -358,9 +418,14 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
                     # Device-to-device reshard to the step's row sharding (no host copy).
                     train_state, mets = update(train_state, jax.device_put(mb, step_shard))
                     for k, v in mets.items():
-                        upd.setdefault(k, []).append(float(v))
-            row.update({k: float(np.mean(v)) for k, v in upd.items()})
-            row["learning_rate"] = upd["learning_rate"][-1]
+                        upd.setdefault(k, []).append(v)
+            t_overlap = 0.0
+            if finish is not None:
+                t1 = time.perf_counter()
+                pending["next"] = (*finish(), next_key)
+                t_overlap = time.perf_counter() - t1
+            row.update({k: float(np.mean([float(x) for x in v])) for k, v in upd.items()})
+            row["learning_rate"] = float(upd["learning_rate"][-1])
             dt = time.perf_counter() - t0
             # Rates count every sampled row and token (dynamic sampling: all tries);
             # time/rollout also includes reward scoring, sampler/* only the sampler.
@@ -370,6 +435,9 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
                         "tokens_per_second": sampled["tokens"] / dt,
                         "sampler/tokens_per_second": sampled["tokens"] / sampled["seconds"],
                         "sampler/seconds": sampled["seconds"]})
+            if ro.async_rollouts:  # the batch's age in updates, the next one's overlap
+                row["async/staleness"] = float(staleness)
+                row["async/next_rollout_seconds"] = t_overlap
             if sampled.get("slot_steps"):  # continuous batching: useful share of the slots
                 row["sampler/slot_efficiency"] = sampled["slot_tokens"] / sampled["slot_steps"]
             return train_state, row, sampled["tokens"]
