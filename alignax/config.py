@@ -99,7 +99,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # through that many decode rows (rows that stop early free their slot for the next
     # sample; one process, single-turn; each sample draws with its own key, so the samples
     # differ from the default static batching's for the same seed). `async_rollouts` (grpo,
-    # rloo): step k+1's batch is sampled from the parameters before step k's update, queued
+    # rloo, ppo): step k+1's batch is sampled from the parameters before step k's update, queued
     # ahead of it (one step off-policy); each token's loss is weighted by the truncated
     # importance ratio min(pi_old / pi_sampler, `importance_cap`) (TRL's vLLM correction).
     "rollout": dict(num_generations=8, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,

@@ -33,7 +33,8 @@ def ppo_loss_fn(graphdefs, *, temperature: float, epsilon: float, epsilon_value:
     Params `{"policy", "critic"}`.
 
     Batch: `input_ids`, `attention_mask` `[B, G, S]`; `completion_mask`, `old_logps`,
-    `old_values`, `returns`, `advantages` `[B, G, N]`.
+    `old_values`, `returns`, `advantages` `[B, G, N]`; `is_weights` `[B, G, N]` (async
+    rollouts) multiply each token's policy loss.
     """
     sg = jax.lax.stop_gradient
 
@@ -43,6 +44,8 @@ def ppo_loss_fn(graphdefs, *, temperature: float, epsilon: float, epsilon_value:
         pg, pg_m = losses.ppo_policy_loss(logps, flat(batch["old_logps"]),
                                           flat(batch["advantages"]), mask, epsilon=epsilon,
                                           dual_clip=dual_clip)
+        if "is_weights" in batch:  # async rollouts: truncated importance weights
+            pg = pg * flat(batch["is_weights"])
         critic = nnx.merge(graphdefs["critic"], params["critic"])
         values = critic(flat(batch["input_ids"]), flat(batch["attention_mask"]), mask.shape[-1])
         vl, vl_m = losses.ppo_value_loss(values, flat(batch["old_values"]),

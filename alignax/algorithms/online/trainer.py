@@ -359,10 +359,11 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
     if ro.slots < 0 or (ro.slots and (jax.process_count() > 1 or episode_options(ctx))):
         raise ConfigError("config field 'rollout.slots': continuous batching takes a slot "
                           "count >= 0 and runs single-turn rollouts on one process")
-    if ro.async_rollouts and (cfg.algorithm not in ("grpo", "rloo") or ro.dynamic_sampling
-                              or episode_options(ctx) or ro.importance_cap < 1):
+    if ro.async_rollouts and (cfg.algorithm not in ("grpo", "rloo", "ppo")
+                              or ro.dynamic_sampling or episode_options(ctx)
+                              or ro.importance_cap < 1):
         raise ConfigError("config field 'rollout.async_rollouts': one-step off-policy rollouts "
-                          "run with grpo / rloo, single-turn, without dynamic sampling, "
+                          "run with grpo / rloo / ppo, single-turn, without dynamic sampling, "
                           "and rollout.importance_cap >= 1")
     last_update = (cfg.train.steps - 1) * epochs * minibatches  # no rollout after the last
     forward = jax.jit(lambda p, r, bt: rollout.rollout_forward(
