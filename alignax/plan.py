@@ -275,7 +275,7 @@ def estimate(w: Workload, mesh, *, flash: bool = False) -> list[Line]:
                       "trainable size" + (" x 2 (accumulator)" if w.grad_accum > 1 else ""),
                       "train"))
     lines += _activations(w, dp, tp, flash, sp=sizes.get("sequence", 1))
-    if sizes.get("fsdp", 1) > 1:  # the layer being computed, its weights gathered
+    if sizes.get("fsdp", 1) * sizes.get("sequence", 1) > 1:  # the running layer, gathered
         lines.append(Line("gathered layer weights", _layer_bytes(cfg) // tp,
                           "one layer's weights, unsplit over fsdp", "train"))
     if w.rollout is not None:
@@ -347,18 +347,28 @@ def peak(lines: Sequence[Line]) -> int:
 
 # ------------------------------------------------------------------------------ meshes
 
-def candidate_meshes(devices: int, *, max_tensor: int = 8) -> list[dict[str, int]]:
-    """Every `data x fsdp x tensor = devices` split with tensor a power of two <= max_tensor."""
+def candidate_meshes(devices: int, *, max_tensor: int = 8,
+                     max_sequence: int = 1) -> list[dict[str, int]]:
+    """Every `data x fsdp x tensor (x sequence) = devices` split, tensor and sequence powers
+    of two <= `max_tensor` / `max_sequence` (sequence only where > 1: long sequences)."""
     out = []
-    tensor = 1
-    while tensor <= min(max_tensor, devices):
-        if devices % tensor == 0:
-            rest = devices // tensor
-            for fsdp in range(1, rest + 1):
-                if rest % fsdp == 0:
-                    out.append({"data": rest // fsdp, "fsdp": fsdp, "tensor": tensor})
-        tensor *= 2
+    sequence = 1
+    while sequence <= min(max_sequence, devices):
+        tensor = 1
+        while tensor <= min(max_tensor, devices // sequence):
+            if devices % (tensor * sequence) == 0:
+                rest = devices // (tensor * sequence)
+                for fsdp in range(1, rest + 1):
+                    if rest % fsdp == 0:
+                        axes = {"data": rest // fsdp, "fsdp": fsdp, "tensor": tensor}
+                        out.append(axes if sequence == 1 else {**axes, "sequence": sequence})
+            tensor *= 2
+        sequence *= 2
     return out
+
+
+# Sequences at least this long are also planned with a `sequence` axis (up to 8).
+LONG_SEQUENCE = 4096
 
 
 def parse_mesh(text: str) -> dict[str, int]:

@@ -10,6 +10,7 @@ from typing import Any
 from alignax.config import ConfigError
 from alignax.plan import (
     DEVICES,
+    LONG_SEQUENCE,
     SHAPES,
     Workload,
     candidate_meshes,
@@ -27,8 +28,9 @@ HELP = """Per-device memory of a training run before launch, from its config alo
 accelerator, nothing allocated): parameters, optimizer state, frozen copies (reference,
 teachers, critic, reward model), gradients, activations with the config's remat, the LM head's
 logits chunk and, online, the rollout's KV cache. With --mesh, that mesh; without, every
-data x fsdp x tensor split of --devices, best first. Estimates are checked against XLA's
-compiled memory analysis on CPU (tests/test_plan.py)."""
+data x fsdp x tensor split of --devices (x sequence for sequences of 4,096+ tokens), best
+first. Estimates are checked against XLA's compiled memory analysis on CPU
+(tests/test_plan.py)."""
 
 
 def main(argv: list[str]) -> int:
@@ -69,7 +71,7 @@ def main(argv: list[str]) -> int:
         plans = [plan_mesh(w, parse_mesh(args.mesh), args.devices, flash=flash)]
     else:
         plans, skipped = [], []
-        for axes in candidate_meshes(args.devices):
+        for axes in candidate_meshes(args.devices, max_sequence=_max_sequence(w)):
             try:
                 plans.append(plan_mesh(w, axes, args.devices, flash=flash))
             except ConfigError as e:
@@ -77,7 +79,8 @@ def main(argv: list[str]) -> int:
         if not plans:
             raise ConfigError(f"no mesh of {args.devices} devices runs this config: "
                               f"{skipped[0]}")
-        plans.sort(key=lambda x: (x["peak"], x["mesh"]["tensor"], -x["mesh"]["data"]))
+        plans.sort(key=lambda x: (x["peak"], x["mesh"]["tensor"], -x["mesh"]["data"],
+                                  x["mesh"].get("sequence", 1)))
     print(report(w, plans, args, budget, flash))
     if budget is not None and plans[0]["peak"] > budget:
         print(suggest(w, args.devices, budget, flash))
@@ -92,9 +95,13 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _max_sequence(w: Workload) -> int:
+    return 8 if w.seq_len >= LONG_SEQUENCE else 1
+
+
 def suggest(w: Workload, devices: int, budget: float, flash: bool) -> str:
     """The smallest change that fits: more micro-batches, then full remat, on any mesh."""
-    meshes = candidate_meshes(devices)
+    meshes = candidate_meshes(devices, max_sequence=_max_sequence(w))
     full = dataclasses.replace(w.model, remat="full")
     for model in (w.model, full):
         for k in (1, 2, 4, 8, 16, 32):

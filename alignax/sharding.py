@@ -53,9 +53,10 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     # with sharded weights); the sequence over `sequence` when the mesh has that axis.
     "batch": ("data", "fsdp"),
     "seq": "sequence",
-    # Weights: the model dimension is sharded over `fsdp` (gathered per layer), the wide
-    # dimensions over `tensor` (Megatron-style column/row parallelism).
-    "embed": "fsdp",
+    # Weights: the model dimension is sharded over `fsdp` and, when the mesh has one, the
+    # `sequence` axis (its devices hold the same rows: FSDP over them too; gathered per
+    # layer), the wide dimensions over `tensor` (Megatron-style column/row parallelism).
+    "embed": ("fsdp", "sequence"),
     "mlp": "tensor",
     "heads": "tensor",
     "kv_heads": "tensor",
@@ -163,7 +164,7 @@ def _mesh_shape(mesh) -> Mapping[str, int]:
 
 def decode_rules(rules: Rules | None = None) -> Rules:
     """`rules` with no weight sharded over a data-parallel axis (those of `batch`, e.g.
-    `fsdp`); tensor-parallel splits and the batch stay.
+    `fsdp`, and of `seq`); tensor-parallel splits and the batch stay.
 
     The layout a decode loop wants: each generated token reads every weight, so FSDP-sharded
     weights would be all-gathered again at every token. Resharding once before the loop
@@ -171,6 +172,8 @@ def decode_rules(rules: Rules | None = None) -> Rules:
     """
     rules = dict(current_rules() if rules is None else rules)
     dp = set(_rule_axes("batch", rules))
+    if "seq" in rules:
+        dp |= set(_rule_axes("seq", rules))
     out: dict[str, str | tuple[str, ...] | None] = {}
     for name, axes in rules.items():
         if name == "batch":

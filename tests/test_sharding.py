@@ -184,6 +184,13 @@ def test_decode_rules_drop_data_parallel_axes_from_weights_only():
     assert rules["embed"] is None and rules["mlp"] == "tensor" and rules["vocab"] == "tensor"
     custom = sharding.decode_rules({"batch": "data", "embed": ("data", "tensor"), "mlp": None})
     assert custom == {"batch": "data", "embed": "tensor", "mlp": None}
+    # A sequence axis (context parallelism) splits weights like fsdp, never while decoding.
+    assert sharding.DEFAULT_RULES["embed"] == ("fsdp", "sequence")
+    mesh = jax.sharding.AbstractMesh((1, 2, 1, 4), ("data", "fsdp", "tensor", "sequence"))
+    assert sharding.logical_to_spec(("embed", "mlp"), mesh=mesh, shape=(8, 16)) == P(
+        ("fsdp", "sequence"))
+    assert sharding.logical_to_spec(("embed", "mlp"), mesh=mesh, shape=(8, 16),
+                                    rules=rules) == P()
 
 
 def test_sampler_params_are_cast_and_gathered_off_fsdp():
