@@ -233,7 +233,7 @@ def _abstract_model(config: ModelConfig):
     return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
 
 
-def _lora_params(config: ModelConfig, rank: int, targets: Sequence[str], mesh) -> int:
+def _lora_params(config: ModelConfig, rank: int, targets: Sequence[str]) -> int:
     """Per-device bytes of the adapters (A `[L, *in, r]`, B `[L, r, *out]`, param dtype)."""
     e, f = config.hidden_size, config.intermediate_size
     n, k, d = config.num_heads, config.num_kv_heads, config.head_dim
@@ -253,7 +253,7 @@ def estimate(w: Workload, mesh, *, flash: bool = False) -> list[Line]:
     lines = [Line("policy parameters", params, f"{cfg.param_dtype}, sharded by the rules")]
     trainable = params
     if w.lora_rank:
-        trainable = _lora_params(cfg, w.lora_rank, w.lora_targets, mesh)
+        trainable = _lora_params(cfg, w.lora_rank, w.lora_targets)
         lines.append(Line("LoRA adapters", trainable, f"rank {w.lora_rank}, replicated bound"))
     if w.heads:
         heads = w.heads * cfg.hidden_size * cfg.vocab_size * _bytes(cfg.param_dtype)

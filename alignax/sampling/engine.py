@@ -40,6 +40,7 @@ from alignax.sampling.sampler import (
     Samples,
     _logits_fn,
     cast_params,
+    decode_token,
     draw_token,
     left_pad,
     row_request_keys,
@@ -135,31 +136,6 @@ def _prefill(graphdef, params, state: _Slots, slot_ids, prompt_ids, prompt_mask,
         mask=state.mask.at[slot_ids].set(0, mode="drop"), steps=state.steps)
 
 
-def decode_rows(trunk, layers, token, live, kv, valid, next_position, slots):
-    """One decode step where every row writes its own cache slot `slots` `[R]` (continuous
-    batching); otherwise `sampler.decode_token`. Returns the `[R, 1, E]` hidden state."""
-    cfg = trunk.config
-    h = jnp.take(trunk.embed[...], token[:, None], axis=0).astype(cfg.compute_dtype)
-    rows = jnp.arange(token.shape[0])
-    valid = valid.at[rows, slots].set(live, mode="drop")
-    # One query per row at its own slot: every valid key is at or before it (the slots after
-    # were never written), so the valid mask is the causal mask.
-    mask = valid[:, None, None, :]
-    window_mask = None
-    if cfg.uses_window:
-        k_slots = jnp.arange(valid.shape[-1], dtype=jnp.int32)
-        window_mask = mask & (k_slots[None, None, None, :]
-                              > (slots - cfg.sliding_window)[:, None, None, None])
-    new_kv = []
-    for i, layer in enumerate(layers):
-        slides = window_mask is not None and (cfg.sliding_layers is None
-                                              or cfg.sliding_layers[i])
-        h, layer_kv = layer(h, next_position[:, None], window_mask if slides else mask, kv[i],
-                            slots.astype(jnp.int32))
-        new_kv.append(layer_kv)
-    return trunk.norm(h), new_kv, valid, next_position + live.astype(jnp.int32)
-
-
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
 def _decode(graphdef, params, state: _Slots, new_free, head=None, *, prompt_width,
             max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id) -> _Slots:
@@ -179,8 +155,9 @@ def _decode(graphdef, params, state: _Slots, new_free, head=None, *, prompt_widt
         token, tokens, logps, mask = draw_token(
             s.logits, step_keys, s.t, live, s.tokens, s.logps, s.mask,
             temperature=temperature, top_k=top_k, top_p=top_p, pad_id=pad_id)
-        h, kv, valid, next_position = decode_rows(trunk, layers, token, live, s.kv, s.valid,
-                                                  s.next_position, prompt_width + s.t)
+        h, kv, valid, next_position = decode_token(trunk, layers, token, live, s.kv,
+                                                   s.valid, s.next_position,
+                                                   prompt_width + s.t)
         t = s.t + live.astype(jnp.int32)
         active = live & ~jnp.isin(token, stops) & (t < s.limit)
         return _Slots(kv=kv, valid=valid, next_position=next_position, t=t, limit=s.limit,

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignax.models.attention import SharedPromptKV, make_mask
+from alignax.models.attention import SharedPromptKV
 from alignax.models.cache import KVCache, init_cache
 from alignax.models.heads import check_head_weights, mix_heads
 from alignax.models.precision import matmul_precision
@@ -356,20 +356,28 @@ def decode_token(model, layers, token, live, kv, valid, next_position, slot,
     writes the new token's slot in place and attention reads the buffer directly. (The
     model's scan over stacked layers would slice each layer's cache out and stack the updated
     ones back: several copies of the whole cache per generated token, in a bandwidth-bound
-    loop.) Same layer code (`DecoderLayer.__call__`), same masks and positions. `width`
-    (static): attend over the first `width` cache slots only (ragged decode: the slots after
-    the step's own are empty).
+    loop.) Same layer code (`DecoderLayer.__call__`), same masks and positions. `slot`: the
+    cache slot every row writes, or `[R]` one per row (continuous batching; past the end:
+    nothing written). `width` (static): attend over the first `width` cache slots only
+    (ragged decode: the slots after the step's own are empty).
     """
     cfg = model.config
     h = jnp.take(model.embed[...], token[:, None], axis=0).astype(cfg.compute_dtype)
     positions = next_position[:, None]  # the row's next RoPE position (real tokens only)
-    valid = jax.lax.dynamic_update_slice(valid, live[:, None], (0, slot))
-    q_slots = jnp.reshape(slot, (1,)).astype(jnp.int32)
+    if jnp.ndim(slot) == 1:
+        valid = valid.at[jnp.arange(token.shape[0]), slot].set(live, mode="drop")
+        q_slots = slot[:, None]  # [R, 1]: each row's query at its own slot
+    else:
+        valid = jax.lax.dynamic_update_slice(valid, live[:, None], (0, slot))
+        q_slots = jnp.reshape(slot, (1, 1))
     seen = valid if width is None else valid[:, :width]
-    mask = make_mask(q_slots, seen)
+    # Causal (keys at or before the query's slot) and valid; a sliding window also drops keys
+    # W or more slots back (`attention.make_mask` with one query slot per row).
+    k_slots = jnp.arange(seen.shape[-1], dtype=jnp.int32)
+    mask = (seen & (k_slots <= q_slots))[:, None, None, :]
     window_mask = None
     if cfg.uses_window:
-        window_mask = make_mask(q_slots, seen, window=cfg.sliding_window)
+        window_mask = mask & (k_slots > q_slots - cfg.sliding_window)[:, None, None, :]
     new_kv = []
     for i, layer in enumerate(layers):
         slides = window_mask is not None and (cfg.sliding_layers is None
