@@ -99,6 +99,9 @@ def test_workload_of_configs():
     grpo = plan.workload_of(_resolved("experiments/configs/grpo.py:smoke"), shape="llama3-8b")
     assert grpo.model.hidden_size == 4096 and grpo.rollout is not None
     assert grpo.rows == grpo.rollout[0]
+    slots = plan.workload_of(_resolved("experiments/configs/grpo.py:smoke",
+                                       "--config.rollout.slots=4"))
+    assert slots.rollout[0] == 4 and slots.rows == grpo.rows  # the KV cache of 4 slots
     adpa = plan.workload_of(_resolved("experiments/configs/adpa.py:smoke"))
     assert [what for what, _, _ in adpa.frozen] == ["teacher", "teacher reference"]
     ppo = plan.workload_of(_resolved("experiments/configs/ppo.py:smoke"))
