@@ -122,7 +122,6 @@ class Workload:
       critic: PPO's trainable value model (a copy of the trunk + a head).
       heads: MAH-DPO's LM heads (0 = the plain LM head).
       rollout: online RL, `(rows, total tokens)` generated per rollout batch (global).
-      forwards: extra no-grad forwards of the batch per update (reference, teachers).
     """
 
     algorithm: str

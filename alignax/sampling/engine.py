@@ -140,6 +140,7 @@ def _prefill(graphdef, params, state: _Slots, slot_ids, prompt_ids, prompt_mask,
 def _decode(graphdef, params, state: _Slots, new_free, head=None, *, prompt_width,
             max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id) -> _Slots:
     """Decodes every live slot until `new_free` more slots have stopped (or none is live)."""
+    del max_new_tokens  # (the slots' buffers have it)
     trunk = nnx.merge(graphdef, params)
     layers = unstack_layers(trunk)
     logits_fn = _logits_fn(trunk, head)
