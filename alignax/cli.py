@@ -154,6 +154,9 @@ def _sample(argv: list[str]) -> int:
     parser.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
+    parser.add_argument("--slots", type=int, default=0,
+                        help="> 0: sample every prompt through this many continuously "
+                             "refilled decode rows (the rollout engine) instead of batches")
     parser.add_argument("--dtype", default="", help="compute dtype, e.g. bfloat16")
     best = parser.add_argument_group(
         "best-of-N (one completion per prompt: the best of N samples under a scorer)")

@@ -96,12 +96,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # Online RL: G samples per prompt (`num_generations`), sampling settings, stop tokens (in
     # addition to EOS); `num_epochs` x `num_minibatches` updates per rollout batch; DAPO
     # dynamic sampling with up to `max_resample` tries. `slots` > 0: continuous batching
-    # through that many decode rows (rows that stop early free their slot for the next
-    # sample; one process, single-turn; each sample draws with its own key, so the samples
-    # differ from the default static batching's for the same seed). `async_rollouts` (grpo,
-    # rloo, ppo): step k+1's batch is sampled from the parameters before step k's update, queued
-    # ahead of it (one step off-policy); each token's loss is weighted by the truncated
-    # importance ratio min(pi_old / pi_sampler, `importance_cap`) (TRL's vLLM correction).
+    # through that many decode rows, split over the mesh's data axes (rows that stop early
+    # free their slot for the next sample; single-turn; each sample draws with its own key,
+    # so the samples differ from the default static batching's for the same seed).
+    # `async_rollouts` (grpo, rloo, ppo, grao): step k+1's batch is sampled from the
+    # parameters before step k's update, queued ahead of it (one step off-policy); each
+    # sampled token's loss is weighted by the truncated importance ratio
+    # min(pi_old / pi_sampler, `importance_cap`) (TRL's vLLM correction).
     "rollout": dict(num_generations=8, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6,
                     stop_tokens=(), num_epochs=1, num_minibatches=1, dynamic_sampling=False,
                     max_resample=4, slots=0, async_rollouts=False, importance_cap=2.0),
@@ -132,8 +133,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # `precompute` caches them on disk once (`cache_dir`, default WORKDIR/teacher_cache).
     "teacher": dict(path="", ref_path="", tokenizer="", name="llama", overrides={}, seed=1,
                     dtype="", top_k=50, precompute=False, cache_dir="", advantage_beta=1.0),
-    # ADPA: how the student's own responses (the rejected y_l) are drawn, once.
-    "sampling": dict(temperature=1.0, top_k=0, top_p=1.0, seed=0, batch_size=64),
+    # ADPA: how the student's own responses (the rejected y_l) are drawn, once: batches of
+    # `batch_size` prompts, or with `slots` > 0 all of them through the continuous-batching
+    # engine's `slots` decode rows.
+    "sampling": dict(temperature=1.0, top_k=0, top_p=1.0, seed=0, batch_size=64, slots=0),
     # ADPA+: `steps` > 0 first trains DCKD for `steps` (this `loss`, `learning_rate`), then
     # ADPA from the DCKD student.
     "dckd_stage": dict(steps=0, learning_rate=1e-4, loss=dict(name="dckd")),

@@ -77,6 +77,7 @@ def sample_lines(args):
     for name, ok in (("--max-new-tokens", args.max_new_tokens >= 1),
                      ("--num-samples", args.num_samples >= 1),
                      ("--batch-size", args.batch_size >= 1),
+                     ("--slots", getattr(args, "slots", 0) >= 0),
                      ("--temperature", args.temperature >= 0),
                      ("--top-k", args.top_k >= 0), ("--top-p", 0 < args.top_p <= 1)):
         if not ok:
@@ -117,7 +118,8 @@ def sample_lines(args):
                    pad_id=tokenizer.pad_id, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, num_samples=args.num_samples, stop_ids=stops,
                    head_weights=weights, seed=args.seed,
-                   batch_size=min(args.batch_size, len(prompts)))
+                   batch_size=min(args.batch_size, len(prompts)),
+                   slots=getattr(args, "slots", 0))
     texts = decode_completions(tokenizer, out.tokens, out.mask, stop_ids=stops)
     for r, text in enumerate(texts):
         row = {"prompt": prompts[r // args.num_samples], "sample": r % args.num_samples,

@@ -134,7 +134,7 @@ def long_tail(args) -> dict[str, Any]:
         slot_steps = sum(st.slot_steps for st in stats)
         out[name] = {"seconds": seconds, "useful_tokens_per_s": useful / seconds,
                      "slot_steps": slot_steps, "efficiency": useful / slot_steps,
-                     "chunks": sum(st.chunks for st in stats)}
+                     "prefills": sum(st.prefills for st in stats)}
     out["speedup"] = out["static"]["seconds"] / out["continuous"]["seconds"]
     return out
 

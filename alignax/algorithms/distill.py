@@ -123,9 +123,12 @@ def sample_rejected(model, params, rows: Sequence[dict], *, cache_dir: str, eos_
 
     The samples are stored in `cache_dir/samples-<fingerprint>.json` (prompts, student weights,
     sampling settings), so a resumed or repeated run trains on the same responses. Batches of
-    `sampling.batch_size` prompts; batch i draws with seed `sampling.seed + i`.
+    `sampling.batch_size` prompts, batch i drawing with seed `sampling.seed + i`; or, with
+    `sampling.slots` > 0, every prompt through the continuous-batching engine.
     """
-    settings = dict(sampling, max_new_tokens=max_new_tokens)
+    # (slots = 0, the default, is left out: caches written before it existed stay valid)
+    settings = {k: v for k, v in dict(sampling, max_new_tokens=max_new_tokens).items()
+                if k != "slots" or v}
     key = caches.fingerprint([dict(r, chosen=[], rejected=[]) for r in rows], params,
                              extra={"student_samples": settings, "model": repr(model.config)})
 
@@ -133,7 +136,7 @@ def sample_rejected(model, params, rows: Sequence[dict], *, cache_dir: str, eos_
         out = generate(model, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
                        eos_id=eos_id, pad_id=pad_id, temperature=sampling["temperature"],
                        top_k=sampling["top_k"], top_p=sampling["top_p"], seed=sampling["seed"],
-                       batch_size=sampling["batch_size"])
+                       batch_size=sampling["batch_size"], slots=sampling.get("slots", 0))
         return [[int(t) for t, keep in zip(row, m) if keep] or [eos_id]
                 for row, m in zip(out.tokens, out.mask)]
 

@@ -50,7 +50,8 @@ def grao_advantages(sample_rewards, answer_reward, *, pooled: bool = True):
 
 
 def grao_loss(sample_token_logps, sample_mask, answer_token_logps, answer_mask, sample_rewards,
-              answer_reward, *, beta: float = 0.5, lam: float = 0.6, pooled: bool = True):
+              answer_reward, *, beta: float = 0.5, lam: float = 0.6, pooled: bool = True,
+              sample_weights=None):
     """GRAO loss per query, -J of Eq. 3, with its three components.
 
     exploration = -1/G sum_i A_oi l(o_i); imitation = -beta A_y l(y);
@@ -67,10 +68,16 @@ def grao_loss(sample_token_logps, sample_mask, answer_token_logps, answer_mask, 
       sample_rewards: `[..., G]` R(o_i, y). answer_reward: `[...]` R(y, y).
       beta: imitation weight (paper 0.5). lam: alignment-regulariser weight lambda (paper 0.6).
       pooled: advantage normalisation over samples + answer (True) or samples only (False).
+      sample_weights: optional `[..., G, T]` per-token weights of the samples' log-probs
+        (constants): off-policy samples' truncated importance weights min(pi_old / pi_sampler,
+        cap) (async rollouts), so l(o_i) is the weighted token mean. The answer's l(y) is
+        never weighted (it is data, not a sample).
     Returns:
       (loss `[...]` per query, metrics): batch means of `loss/exploration`, `loss/imitation`,
       `loss/alignment` and `loss/total` (each component's contribution to the loss).
     """
+    if sample_weights is not None:
+        sample_token_logps = sample_token_logps * jax.lax.stop_gradient(sample_weights)
     l_o = reduce.masked_mean(sample_token_logps, sample_mask)
     l_y = reduce.masked_mean(answer_token_logps, answer_mask)
     a_o, a_y = grao_advantages(sample_rewards, answer_reward, pooled=pooled)

@@ -2,7 +2,7 @@
 temperature, top-k/top-p, stop tokens, log-probs of the sampled tokens, multi-head mixtures;
 jitted and deterministic under a key. Continuous batching: `sample_continuous` (engine.py)."""
 
-from alignax.sampling.engine import EngineStats, sample_continuous
+from alignax.sampling.engine import EngineStats, run_engine, sample_continuous
 from alignax.sampling.heads import Sweep, sweep_head_weights, weight_grid
 from alignax.sampling.sampler import (
     Samples,
@@ -16,5 +16,5 @@ from alignax.sampling.sampler import (
 )
 
 __all__ = ["EngineStats", "Samples", "Sweep", "cast_params", "decode_completions",
-           "filter_logits", "generate", "left_pad", "sample_continuous", "sample_tokens",
-           "sequences", "sweep_head_weights", "weight_grid"]
+           "filter_logits", "generate", "left_pad", "run_engine", "sample_continuous",
+           "sample_tokens", "sequences", "sweep_head_weights", "weight_grid"]

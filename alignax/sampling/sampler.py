@@ -423,7 +423,7 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: in
              temperature: float = 0.0, seed: int = 0, prompt_width: int | None = None,
              num_samples: int = 1, top_k: int = 0, top_p: float = 1.0,
              stop_ids: tuple[int, ...] | None = None, head_weights=None,
-             batch_size: int | None = None) -> Samples:
+             batch_size: int | None = None, slots: int = 0) -> Samples:
     """Samples completions for token-id prompts: the host-side entry to `sample_tokens`.
 
     Args:
@@ -440,6 +440,10 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: in
       head_weights: `[H]` mixing weights of a multi-head model (`models.check_head_weights`).
       batch_size: sample `batch_size` prompts per call, the last call padded with copies of
         its first prompt, so every call has one shape and the sampler compiles once.
+      slots: > 0: every prompt through the continuous-batching engine's `slots` decode rows
+        instead (`sampling.engine`; `batch_size` unused): rows that stop early free their
+        slot for the next sample. Request j draws with `fold_in(key(seed), j)`, so the samples
+        differ from the batched ones for the same seed.
     Returns:
       `Samples` of numpy `[B * G, N]` arrays (rows prompt-major); the stop token is included
       with mask 1, slots after it are padding.
@@ -449,6 +453,15 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: in
     if head_weights is not None:
         head_weights = jnp.asarray(check_head_weights(head_weights, model.num_heads))
     width = prompt_width or max(len(x) for x in prompts)
+    if slots:
+        from alignax.sampling.engine import sample_continuous  # (the engine imports this)
+
+        return sample_continuous(
+            model, prompts, jax.random.key(seed), slots=int(slots),
+            max_new_tokens=int(max_new_tokens), eos_id=eos_id, pad_id=pad_id,
+            num_samples=int(num_samples), temperature=float(temperature), top_k=int(top_k),
+            top_p=float(top_p), stop_ids=stops, prompt_width=width,
+            head_weights=head_weights)[0]
     size = batch_size or len(prompts)
     out = []
     for i, start in enumerate(range(0, len(prompts), size)):

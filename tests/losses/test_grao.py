@@ -108,3 +108,26 @@ def test_batched_queries_and_gradients(x64):
     check_grads(jax.jit(lambda t, a: losses.grao_loss(t, mask, a, np.ones((2, 5)), rewards,
                                                     ry)[0]),
                 (tokens, answer), order=2, atol=1e-6, rtol=1e-6)
+
+
+def test_sample_weights_scale_each_sampled_token(x64):
+    """Async rollouts' truncated importance weights: a sampled token's log-prob enters l(o_i)
+    times its weight (its gradient scaled by it); the answer's l(y) is unweighted; weights of
+    1 change nothing."""
+    rewards, ry = np.array([1.0, 0.0, 0.5]), np.array(0.3)
+    weights = np.array([[0.5, 2.0, 1.0], [1.0, 1.5, 0.25], [0.8, 1.0, 1.0]])
+
+    def loss(t, a, w=None):
+        return losses.grao_loss(t, SAMPLE_MASK, a, ANSWER_MASK, rewards, ry,
+                                sample_weights=w)[0]
+
+    plain, ones = loss(SAMPLE_TOKENS, ANSWER_TOKENS), loss(SAMPLE_TOKENS, ANSWER_TOKENS,
+                                                           np.ones((3, 3)))
+    np.testing.assert_allclose(ones, plain, rtol=1e-14)
+    np.testing.assert_allclose(loss(SAMPLE_TOKENS, ANSWER_TOKENS, weights),
+                               loss(SAMPLE_TOKENS * weights, ANSWER_TOKENS), rtol=1e-14)
+    g_plain = jax.grad(loss, argnums=(0, 1))(SAMPLE_TOKENS, ANSWER_TOKENS)
+    g_weighted = jax.grad(loss, argnums=(0, 1))(SAMPLE_TOKENS, ANSWER_TOKENS, weights)
+    np.testing.assert_allclose(g_weighted[0], weights * g_plain[0], rtol=1e-12)
+    np.testing.assert_allclose(g_weighted[1], g_plain[1], rtol=1e-12)
+    assert np.abs(g_plain[0]).max() > 0.01  # the gradient is not trivially zero

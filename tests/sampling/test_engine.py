@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from alignax import sharding
 from alignax.models import init_model, tiny_config
-from alignax.sampling.engine import sample_continuous
-from alignax.sampling.sampler import left_pad, sample_tokens
+from alignax.sampling.engine import run_engine, sample_continuous
+from alignax.sampling.sampler import generate, left_pad, sample_tokens
 
 PAD, WIDTH, N, G = 256, 8, 12, 3
 STOPS = tuple(range(3, 40))  # frequent stops: rows end at very different lengths
@@ -42,6 +43,8 @@ def test_continuous_equals_static(setup, slots):
     np.testing.assert_allclose(out.logps, logps, rtol=0, atol=2e-6)
     requests = len(prompts) * G
     assert stats.refills == requests - min(slots, requests)  # every freed slot was reused
+    # Prefills start refill_at = max(1, slots // 8) requests each, between decode steps.
+    assert stats.prefills == -(-requests // max(1, slots // 8))
     assert stats.tokens == mask.sum()
     assert len(set(mask.sum(1))) > 3  # the rows really end at different lengths
     # Static batching idles the stopped rows' slots: all 18 at once runs to the longest row.
@@ -62,6 +65,28 @@ def test_each_request_stops_at_its_own_limit(setup):
         np.testing.assert_array_equal(out.tokens[j, :kept], tokens[j, :kept])
     with pytest.raises(ValueError, match="limits"):
         _continuous(model, prompts, 4, limits=[N + 1] * (len(prompts) * G))
+
+
+def test_engine_on_a_mesh_splits_its_slots(setup):
+    """On a data=2 x tensor=2 mesh the slots and the results' rows are split over `data`
+    (each device decodes its share) and the samples are one device's."""
+    model, prompts, (tokens, logps, mask) = setup
+    graphdef, params = nnx.split(model)
+    ids, pmask = left_pad(prompts, PAD, WIDTH)
+    mesh = sharding.make_mesh({"data": 2, "tensor": 2}, devices=jax.devices()[:4])
+    with jax.set_mesh(mesh):
+        params = jax.device_put(params, sharding.tree_shardings(
+            params, mesh=mesh, rules=sharding.decode_rules()))
+        out, counters = run_engine(
+            graphdef, params, *jax.device_put((ids, pmask), sharding.batch_sharding(mesh)),
+            np.full(len(prompts) * G, N, np.int32), jax.random.key(7), slots=8, num_samples=G,
+            max_new_tokens=N, temperature=1.0, top_k=0, top_p=1.0, stop_ids=STOPS,
+            pad_id=PAD, refill_at=2)
+    assert out.tokens.sharding.spec == jax.sharding.PartitionSpec("data")
+    np.testing.assert_array_equal(np.asarray(out.tokens), tokens)
+    np.testing.assert_array_equal(np.asarray(out.mask), mask)
+    np.testing.assert_allclose(np.asarray(out.logps), logps, rtol=0, atol=2e-6)
+    assert int(counters["refills"]) == len(prompts) * G - 8
 
 
 @pytest.mark.parametrize("name", ["qwen3"])  # q/k norms; Llama: test_continuous_equals_static
@@ -111,3 +136,17 @@ def test_ragged_decode_equals_full_width(g):
     np.testing.assert_array_equal(np.asarray(ragged.tokens), np.asarray(full.tokens))
     assert np.asarray(full.mask).sum() > 2 * 3 * g * 16  # rows run into the later segments
     assert float(jnp.max(jnp.abs(ragged.logps - full.logps))) < 2e-6
+
+
+def test_generate_through_the_engine(setup):
+    """`generate(slots=...)` (`alignax sample --slots`, ADPA's `sampling.slots`): greedy
+    samples do not depend on the keys, so the engine's equal the batched sampler's."""
+    model, prompts, _ = setup
+    kw = dict(max_new_tokens=N, eos_id=258, pad_id=PAD, temperature=0.0, num_samples=2,
+              stop_ids=STOPS)
+    batched = generate(model, prompts, batch_size=4, **kw)
+    engine = generate(model, prompts, slots=3, **kw)
+    np.testing.assert_array_equal(engine.tokens, batched.tokens)
+    np.testing.assert_array_equal(engine.mask, batched.mask)
+    np.testing.assert_allclose(engine.logps, batched.logps, rtol=0, atol=2e-6)
+    assert len(set(batched.mask.sum(1))) > 2

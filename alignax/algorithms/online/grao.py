@@ -28,7 +28,8 @@ def grao_loss_fn(graphdefs, *, temperature: float, beta: float, lam: float, pool
 
     Batch: the samples' `input_ids`, `attention_mask` `[B, G, S]`, `completion_mask`
     `[B, G, N]`, `rewards` `[B, G]`; the answer's `answer_ids`, `answer_attention` `[B, S]`,
-    `answer_mask` `[B, N]`, `answer_reward` `[B]`.
+    `answer_mask` `[B, N]`, `answer_reward` `[B]`; `is_weights` `[B, G, N]` (async
+    rollouts) weight the samples' token log-probs.
     """
 
     def loss_fn(params, batch, rng, *, ref_params=None):
@@ -43,7 +44,7 @@ def grao_loss_fn(graphdefs, *, temperature: float, beta: float, lam: float, pool
         loss, mets = losses.grao_loss(
             logps[:b * g].reshape(b, g, n), mask[:b * g].reshape(b, g, n), logps[b * g:],
             mask[b * g:], batch["rewards"], batch["answer_reward"], beta=beta, lam=lam,
-            pooled=pooled)
+            pooled=pooled, sample_weights=batch.get("is_weights"))
         return jnp.mean(loss), mets
 
     return loss_fn

@@ -36,7 +36,7 @@ from alignax.sampling import (
     decode_completions,
     left_pad,
     multiturn,
-    sample_continuous,
+    run_engine,
     sample_tokens,
 )
 
@@ -124,7 +124,8 @@ def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: Sampl
       graphdef, params: the policy (`params` used in place).
       examples: B prompts. key: the sampling key. opts: `SamplingOptions`.
       tokenizer: decodes completions. shard: optional sharding for the `[B, P]` prompts.
-      stats: with `opts.slots`, the engine's `slot_steps` and `slot_tokens` are added to it.
+      stats: with `opts.slots`, the engine's `slot_steps` and `slot_tokens` are added to it
+        (when the rollout is finished: with `defer`, by `finish`).
       defer: return `finish() -> rollout` instead: the sampling is queued on the devices
         (JAX's asynchronous dispatch), the host work (the transfer, decoding) waits for
         `finish`, so work queued after it (an update) runs while the host decodes and scores.
@@ -136,26 +137,29 @@ def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: Sampl
                           prompt_width(examples, opts.prompt_width))
     kw = dict(num_samples=g, max_new_tokens=n, temperature=opts.temperature,
               top_k=opts.top_k, top_p=opts.top_p, stop_ids=opts.stop_ids, pad_id=opts.pad_id)
-    if opts.slots:  # continuous batching (one process): rows refill slots as others stop
-        out, engine_stats = sample_continuous(
-            nnx.merge(graphdef, params), [list(e.prompt_ids) for e in examples], key,
-            slots=opts.slots, eos_id=opts.stop_ids[0], prompt_width=ids.shape[1], **kw)
-        if stats is not None:
-            stats["slot_steps"] = stats.get("slot_steps", 0) + engine_stats.slot_steps
-            stats["slot_tokens"] = stats.get("slot_tokens", 0) + engine_stats.tokens
+    dev_ids, dev_mask = (ids, pmask) if shard is None else jax.device_put((ids, pmask), shard)
+    counters = None
+    if opts.slots:  # continuous batching: rows refill slots as others stop (one program)
+        out, counters = run_engine(graphdef, params, dev_ids, dev_mask,
+                                   np.full(len(examples) * g, n, np.int32), key,
+                                   slots=opts.slots, refill_at=max(1, opts.slots // 8), **kw)
     else:
-        dev_ids, dev_mask = (ids, pmask) if shard is None else jax.device_put((ids, pmask),
-                                                                               shard)
         out = sample_tokens(graphdef, params, dev_ids, dev_mask, key, **kw)
-    finish = functools.partial(_finish_sample, out, examples, ids, pmask, opts, tokenizer)
+    finish = functools.partial(_finish_sample, out, examples, ids, pmask, opts, tokenizer,
+                               counters, stats)
     return finish if defer else finish()
 
 
-def _finish_sample(out, examples, ids, pmask, opts: SamplingOptions, tokenizer) -> dict:
+def _finish_sample(out, examples, ids, pmask, opts: SamplingOptions, tokenizer, counters=None,
+                   stats: dict | None = None) -> dict:
     b, g, n = len(examples), opts.num_samples, opts.max_new_tokens
     # Every process takes the whole rollout to the host (an all-gather across processes):
     # rewards, advantages' inputs and metrics are then computed identically everywhere.
     tokens, logps, mask = (np.asarray(x) for x in distributed.host_tree(tuple(out)))
+    if counters is not None and stats is not None:  # the engine's useful share of its slots
+        steps = int(np.asarray(counters["decode_steps"]))  # a scalar: on every device
+        stats["slot_steps"] = stats.get("slot_steps", 0) + steps * opts.slots
+        stats["slot_tokens"] = stats.get("slot_tokens", 0) + int(mask.sum())
     texts = decode_completions(tokenizer, tokens, mask, stop_ids=opts.stop_ids)
     lengths = mask.sum(-1)
     last = np.take_along_axis(tokens, np.maximum(lengths - 1, 0)[:, None], -1)[:, 0]

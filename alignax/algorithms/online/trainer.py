@@ -310,6 +310,9 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
                 sampled["tokens"] += int(r["lengths"].sum())
                 r = scorer(r)
                 _check_scored(r, scorer.names)
+                if spec.answers:
+                    r = scorer.answer_rewards(rollout.add_answers(r, prompts,
+                                                                  pad_id=ctx.tokenizer.pad_id))
                 return r, {}, sampled
 
             return done
@@ -356,15 +359,15 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
     cfg, ro = ctx.cfg, ctx.cfg.rollout
     b, epochs, minibatches = cfg.train.batch_size, ro.num_epochs, ro.num_minibatches
     opts = sampling_options(ro, ctx.tokenizer, prompt_width=ctx.limits.max_prompt_length)
-    if ro.slots < 0 or (ro.slots and (jax.process_count() > 1 or episode_options(ctx))):
+    if ro.slots < 0 or (ro.slots and episode_options(ctx)):
         raise ConfigError("config field 'rollout.slots': continuous batching takes a slot "
-                          "count >= 0 and runs single-turn rollouts on one process")
-    if ro.async_rollouts and (cfg.algorithm not in ("grpo", "rloo", "ppo")
+                          "count >= 0 and runs single-turn rollouts")
+    if ro.async_rollouts and (cfg.algorithm not in ("grpo", "rloo", "ppo", "grao")
                               or ro.dynamic_sampling or episode_options(ctx)
                               or ro.importance_cap < 1):
         raise ConfigError("config field 'rollout.async_rollouts': one-step off-policy rollouts "
-                          "run with grpo / rloo / ppo, single-turn, without dynamic sampling, "
-                          "and rollout.importance_cap >= 1")
+                          "run with grpo / rloo / ppo / grao, single-turn, without dynamic "
+                          "sampling, and rollout.importance_cap >= 1")
     last_update = (cfg.train.steps - 1) * epochs * minibatches  # no rollout after the last
     forward = jax.jit(lambda p, r, bt: rollout.rollout_forward(
         graphdefs, p, r, bt, temperature=opts.temperature, chunk_size=ctx.chunk))

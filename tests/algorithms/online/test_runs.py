@@ -136,7 +136,7 @@ def test_continuous_batching_rollouts(tmp_path):
         train(tools, tmp_path / "tools")
 
 
-@pytest.mark.parametrize("name", ["grpo", "ppo"])
+@pytest.mark.parametrize("name", ["grpo", "ppo", "grao"])
 def test_async_rollouts_are_one_step_off_policy(tmp_path, name):
     """`rollout.async_rollouts`: step 1 trains on-policy; from step 2 each batch was sampled
     before the previous update, so the trainer's log-probs differ from the sampler's (the gap
@@ -153,6 +153,9 @@ def test_async_rollouts_are_one_step_off_policy(tmp_path, name):
         assert row["sampler/logp_gap"] > 1e-3  # one update old
         assert 0 < row["async/is_weight_mean"] <= 2.0 and row["async/is_ratio_max"] > 1.0
     assert rows[-1]["async/next_rollout_seconds"] == 0.0  # nothing sampled after the last
+    if name == "grao":  # the deferred rollout also carries the answers and their rewards
+        assert all(np.isfinite(r["loss/imitation"]) for r in rows)
     if name == "grpo":
         with pytest.raises(config.ConfigError, match="async_rollouts"):
-            train(_cfg("grao", "--config.rollout.async_rollouts=True"), tmp_path / "grao")
+            train(_cfg("grpo", "--config.rollout.async_rollouts=True",
+                       "--config.rollout.dynamic_sampling=True"), tmp_path / "dapo")
