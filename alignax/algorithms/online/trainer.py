@@ -12,7 +12,9 @@ needs a reference, and whether it has a critic or trains on the dataset's answer
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 
@@ -155,10 +157,13 @@ def device_batch(r: dict, spec: Online, shard) -> dict:
 
 
 class Rollouts:
-    """The online data state: the prompt iterator and the sampler's key."""
+    """The online data state: the prompt iterator, the sampler's key and, with async
+    rollouts, the pending batch (sampled during the last step for the next one)."""
 
     def __init__(self, prompts: data.PromptIterator, seed: int):
         self.prompts, self.key = prompts, jax.random.key(seed + 1)
+        self.pending = None  # (rollout, metrics row, sampler totals, step key)
+        self._before = None
 
     def split(self):
         self.key, step_key = jax.random.split(self.key)
@@ -168,19 +173,65 @@ class Rollouts:
         return {"prompts": self.prompts.state_dict(),
                 "rng": [int(x) for x in np.asarray(jax.random.key_data(self.key))]}
 
-    def mark(self, pending: bool = True) -> None:
-        """Async rollouts: the state before the next (pending) batch is drawn is the one a
-        checkpoint keeps, so a resumed run draws that batch again (the pending rollout itself
-        is not saved); `pending=False`: no batch is pending, the current state is kept."""
-        self._mark = self._now() if pending else None
+    def mark(self) -> None:
+        """Async rollouts: remembers the state before the next batch is drawn, kept by a
+        checkpoint when the pending batch cannot be (`_encode_pending`), so a resumed run
+        draws that batch again."""
+        self._before = self._now()
+
+    def take_pending(self):
+        pending, self.pending, self._before = self.pending, None, None
+        return pending
 
     def state_dict(self) -> dict:
-        return getattr(self, "_mark", None) or self._now()
+        if self.pending is None:
+            return self._now()
+        try:  # the pending batch itself: a resumed run trains on it, as an uninterrupted one
+            return dict(self._now(), pending=_encode_pending(self.pending))
+        except TypeError:  # texts / prompts / answers that JSON cannot hold: draw it again
+            return self._before
 
     def load_state_dict(self, state: dict) -> None:
-        self._mark = None
         self.prompts.load_state_dict(state["prompts"])
         self.key = jax.random.wrap_key_data(np.asarray(state["rng"], np.uint32))
+        self.pending = _decode_pending(state["pending"]) if "pending" in state else None
+        self._before = None
+
+
+def _encode_pending(pending) -> dict:
+    """The pending batch as JSON: numeric arrays as base64 of their bytes (exact), object
+    arrays (texts, prompts, answers) as lists; TypeError if an object is not JSON-able."""
+    r, row, sampled, key = pending
+    arrays = {}
+    for name, value in r.items():
+        value = np.asarray(value)
+        if value.dtype == object:
+            items = value.reshape(-1).tolist()
+            json.dumps(items)  # TypeError when not JSON-able
+            arrays[name] = {"shape": list(value.shape), "objects": items}
+        else:
+            arrays[name] = {"shape": list(value.shape), "dtype": value.dtype.str,
+                            "b64": base64.b64encode(np.ascontiguousarray(value).tobytes())
+                            .decode("ascii")}
+    number = lambda v: int(v) if isinstance(v, int | np.integer) else float(v)
+    return {"rollout": arrays, "row": {k: number(v) for k, v in row.items()},
+            "sampled": {k: number(v) for k, v in sampled.items()},
+            "key": [int(x) for x in np.asarray(jax.random.key_data(key))]}
+
+
+def _decode_pending(state: dict):
+    r = {}
+    for name, a in state["rollout"].items():
+        if "objects" in a:
+            flat = np.empty(len(a["objects"]), dtype=object)
+            for i, item in enumerate(a["objects"]):
+                flat[i] = item
+            r[name] = flat.reshape(a["shape"])
+        else:
+            r[name] = np.frombuffer(base64.b64decode(a["b64"]), np.dtype(a["dtype"])
+                                    ).reshape(a["shape"]).copy()
+    return (r, dict(state["row"]), dict(state["sampled"]),
+            jax.random.wrap_key_data(np.asarray(state["key"], np.uint32)))
 
 
 def scorer_for(cfg, reward_model, *, log=print) -> rewards.RewardScorer:
@@ -381,13 +432,11 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
                          to_sampler)
 
     def make_step(update):
-        pending = {}  # async rollouts: the next step's batch, sampled during this one
-
         def step(train_state):
             t0 = time.perf_counter()
             staleness = 0
-            if pending:  # sampled from the parameters before the previous update
-                r, row, sampled, step_key = pending.pop("next")
+            if state.pending is not None:  # sampled from the parameters before the last update
+                r, row, sampled, step_key = state.take_pending()
                 staleness = 1
             else:
                 step_key = state.split()
@@ -403,8 +452,6 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
             row.update({k: float(v) for k, v in prep_mets.items()})  # (waits for the forward)
             t_forward = time.perf_counter() - t0 - t_sample
             finish = None
-            if ro.async_rollouts:
-                state.mark(pending=False)
             if ro.async_rollouts and int(train_state.step) < last_update:
                 # The next batch from these parameters, queued before this step's updates:
                 # the host decodes and scores it while the devices update.
@@ -426,7 +473,7 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
             t_overlap = 0.0
             if finish is not None:
                 t1 = time.perf_counter()
-                pending["next"] = (*finish(), next_key)
+                state.pending = (*finish(), next_key)
                 t_overlap = time.perf_counter() - t1
             row.update({k: float(np.mean([float(x) for x in v])) for k, v in upd.items()})
             row["learning_rate"] = float(upd["learning_rate"][-1])

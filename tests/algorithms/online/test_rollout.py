@@ -211,3 +211,42 @@ def test_prompt_iterator_resumes():
     assert [[e.prompt for e in again.next_batch()] for _ in range(4)] == rest
     # Within an epoch no prompt repeats; 3 batches of 3 per epoch of 10.
     assert len(set(sum(seen + rest[:1], []))) == 9
+
+
+def test_pending_batch_round_trips_through_the_checkpoint_state():
+    """Async rollouts' pending batch goes into the data state as JSON: numeric arrays exact
+    (NaN rewards included), texts / chat prompts / answers as they were; a batch JSON cannot
+    hold falls back to the state before it was drawn (a resumed run draws it again)."""
+    import json
+
+    ex = [rollout.PromptExample(str(i), (i,)) for i in range(10)]
+    state = trainer.Rollouts(data.PromptIterator(ex, batch_size=2, seed=1), seed=0)
+    state.mark()
+    before = state.state_dict()
+    state.prompts.next_batch()
+    key = state.split()
+    chat = [{"role": "user", "content": "2+3="}]
+    texts = np.empty((2, 2), object)
+    texts[:] = [["5", "6"], ["", "7"]]
+    prompts = np.empty(2, object)
+    prompts[0], prompts[1] = chat, "1+1="
+    r = {"tokens": np.arange(8, dtype=np.int32).reshape(2, 2, 2),
+         "sampler_logps": np.float32([[-0.1, np.nan], [1e-30, -7.25]]),
+         "texts": texts, "prompts": prompts, "answers": np.array(["5", None], object)}
+    state.pending = (r, {"episodes/turns": 2.0}, {"seconds": 0.5, "rows": 4}, key)
+    saved = json.loads(json.dumps(state.state_dict()))  # as the checkpoint writes it
+    assert saved["prompts"] != before["prompts"] and "pending" in saved
+    again = trainer.Rollouts(data.PromptIterator(ex, batch_size=2, seed=1), seed=0)
+    again.load_state_dict(saved)
+    r2, row, sampled, key2 = again.take_pending()
+    for name, value in r.items():
+        assert r2[name].dtype == value.dtype and r2[name].shape == value.shape, name
+        if value.dtype == object:
+            assert r2[name].tolist() == value.tolist(), name
+        else:
+            np.testing.assert_array_equal(r2[name], value)
+    assert row == {"episodes/turns": 2.0} and sampled == {"seconds": 0.5, "rows": 4}
+    assert np.array_equal(jax.random.key_data(key2), jax.random.key_data(key))
+    assert again.pending is None
+    r["answers"][0] = object()  # not JSON-able: the state from before the draw
+    assert state.state_dict() == before

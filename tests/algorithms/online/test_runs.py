@@ -2,6 +2,7 @@
 same numbers on every mesh."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -140,13 +141,15 @@ def test_continuous_batching_rollouts(tmp_path):
 def test_async_rollouts_are_one_step_off_policy(tmp_path, name):
     """`rollout.async_rollouts`: step 1 trains on-policy; from step 2 each batch was sampled
     before the previous update, so the trainer's log-probs differ from the sampler's (the gap
-    the truncated importance weights correct), and the metrics say so."""
-    cfg = _cfg(name, "--config.train.steps=3", "--config.rollout.async_rollouts=True",
+    the truncated importance weights correct), and the metrics say so. GRPO: a run stopped
+    after step 2's checkpoint resumes with the pending batch it had sampled, and ends as the
+    uninterrupted run, metric for metric and weight for weight."""
+    cfg = _cfg(name, "--config.train.steps=4", "--config.rollout.async_rollouts=True",
                "--config.train.eval_every=0", "--config.optim.learning_rate=1e-3",
-               "--config.optim.warmup_steps=0")
+               "--config.optim.warmup_steps=0", "--config.checkpoint.every_steps=2")
     train(cfg, tmp_path / "async")
     rows = metrics.read_metrics(str(tmp_path / "async"))
-    assert [r["async/staleness"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["async/staleness"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
     assert rows[0]["sampler/logp_gap"] < 1e-5  # on-policy: sampler == trainer
     assert rows[0]["async/is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
     for row in rows[1:]:
@@ -155,7 +158,24 @@ def test_async_rollouts_are_one_step_off_policy(tmp_path, name):
     assert rows[-1]["async/next_rollout_seconds"] == 0.0  # nothing sampled after the last
     if name == "grao":  # the deferred rollout also carries the answers and their rewards
         assert all(np.isfinite(r["loss/imitation"]) for r in rows)
-    if name == "grpo":
-        with pytest.raises(config.ConfigError, match="async_rollouts"):
-            train(_cfg("grpo", "--config.rollout.async_rollouts=True",
-                       "--config.rollout.dynamic_sampling=True"), tmp_path / "dapo")
+    if name != "grpo":
+        return
+    # Preempted after step 2's checkpoint: the workdir as it was then, resumed.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "async", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "4")
+    train(cfg, resumed)
+    timing = lambda k: k.startswith(("time/", "async/next")) or k.endswith(
+        ("per_second", "seconds"))
+    again = metrics.read_metrics(str(resumed))
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+    for a, b in zip(rows, again):
+        assert {k: v for k, v in a.items() if not timing(k)} == {
+            k: v for k, v in b.items() if not timing(k)}
+    from safetensors.numpy import load_file
+
+    wa, wb = (load_file(f"{d}/hf/model.safetensors") for d in (tmp_path / "async", resumed))
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(config.ConfigError, match="async_rollouts"):
+        train(_cfg("grpo", "--config.rollout.async_rollouts=True",
+                   "--config.rollout.dynamic_sampling=True"), tmp_path / "dapo")
