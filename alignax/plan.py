@@ -183,8 +183,9 @@ def workload_of(cfg, *, shape: str = "") -> Workload:
             width = r.max_new_tokens
         rows = t.batch_size * r.num_generations
         w.rows, w.seq_len = rows // r.num_minibatches, prompt + width
-        # Continuous batching (`rollout.slots`) holds a KV cache for its slots only.
-        w.rollout = (min(rows, r.slots) if r.get("slots") else rows, prompt + width)
+        # Continuous batching (`rollout.slots`) holds a KV cache for its slots (all of them,
+        # whatever the number of requests).
+        w.rollout = (r.slots if r.get("slots") else rows, prompt + width)
         loss = cfg.loss
         needs_ref = bool(loss.get("beta") or loss.get("kl_coef"))
         w.reference = ref_dtype if needs_ref and not lora_rank else None

@@ -82,6 +82,9 @@ def sample_lines(args):
                      ("--top-k", args.top_k >= 0), ("--top-p", 0 < args.top_p <= 1)):
         if not ok:
             raise ValueError(f"{name}: out of range")
+    if method != "sample" and getattr(args, "slots", 0):
+        raise ValueError(f"--slots: continuous batching samples plain completions; "
+                         f"{method} decoding does not take it")
     kw = dict(dtype=args.dtype or None)
     weights = None
     if os.path.exists(os.path.join(path, HEADS_FILE)):

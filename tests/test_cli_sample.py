@@ -85,6 +85,11 @@ def test_plain_export_greedy_matches_model(exports, capsys):
             break
         seq.append(nxt)
     assert rows[0]["completion"] == TOK.decode(seq[len(prompt):])
+    # Through the continuous-batching engine (greedy: the same completion).
+    code, again, err = _run(capsys, "--model", plain, "--prompt", "5+5=", "--temperature",
+                            "0", "--max-new-tokens", "4", "--slots", "2")
+    assert code == 0, err
+    assert again == rows
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -92,6 +97,7 @@ def test_plain_export_greedy_matches_model(exports, capsys):
     (["--head-weights", "a,b"], "comma-separated numbers"),
     (["--head-weights", "0,0"], "not all 0"),
     (["--top-p", "0"], "--top-p: out of range"),
+    (["--slots", "4", "--best-of", "2"], "--slots: continuous batching samples plain"),
 ])
 def test_bad_arguments_exit_2(exports, capsys, extra, message):
     _, workdir, _ = exports

@@ -36,6 +36,7 @@ from alignax.algorithms.base import (
 )
 from alignax.algorithms.distill_loss import adpa_loss_fn, dckd_loss_fn, teacher_outputs_fn
 from alignax.algorithms.dpo import reference_logps_fn
+from alignax.config import ConfigError
 from alignax.models import ByteTokenizer, from_hf, init_model, load_tokenizer, tiny_config
 from alignax.sampling import generate
 from alignax.train import caches, runner
@@ -169,6 +170,10 @@ def setup(ctx: Context) -> runner.Plan:
     train, evals = rows.train, rows.eval
     arrays = [{}, {}]
     if cfg.algorithm == "adpa":
+        if cfg.sampling.get("slots", 0) < 0:
+            raise ConfigError(f"config field 'sampling.slots': 0 (batches of "
+                              f"sampling.batch_size) or a slot count > 0, got "
+                              f"{cfg.sampling.slots}")
         kw = dict(cache_dir=cache_dir, eos_id=ctx.tokenizer.eos_id, pad_id=ctx.tokenizer.pad_id,
                   max_new_tokens=cfg.data.max_completion_length, sampling=dict(cfg.sampling),
                   log=ctx.log)

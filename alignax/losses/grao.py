@@ -70,8 +70,8 @@ def grao_loss(sample_token_logps, sample_mask, answer_token_logps, answer_mask, 
       pooled: advantage normalisation over samples + answer (True) or samples only (False).
       sample_weights: optional `[..., G, T]` per-token weights of the samples' log-probs
         (constants): off-policy samples' truncated importance weights min(pi_old / pi_sampler,
-        cap) (async rollouts), so l(o_i) is the weighted token mean. The answer's l(y) is
-        never weighted (it is data, not a sample).
+        cap) (async rollouts): l(o_i) = sum of w * log-prob over the sample's tokens / its
+        token count. The answer's l(y) is never weighted (it is data, not a sample).
     Returns:
       (loss `[...]` per query, metrics): batch means of `loss/exploration`, `loss/imitation`,
       `loss/alignment` and `loss/total` (each component's contribution to the loss).

@@ -140,6 +140,9 @@ def run_engine(graphdef, params, prompt_ids, prompt_mask, limits, key, head=None
     """The engine as one device program: `[B, P]` left-padded prompts, `limits` `[B * G]`
     (each request's new-token cap, <= N). Returns device `Samples` `[B * G, N]` in request
     order and `{decode_steps, refills, prefills}` (device scalars)."""
+    if not 1 <= refill_at <= slots:
+        raise ValueError(f"refill_at: between 1 and slots={slots} expected, got {refill_at} "
+                         "(a refill waits for that many free slots)")
     trunk = nnx.merge(graphdef, params)
     cfg = trunk.config
     b, width = prompt_ids.shape
@@ -267,12 +270,14 @@ def sample_continuous(model, prompts: Sequence[Sequence[int]], key, *, slots: in
       max_new_tokens: N, every request's cap; `limits`: per request (B * G values <= N).
       eos_id, pad_id, stop_ids, temperature, top_k, top_p: as `sampler.generate`.
       refill_at: refill once this many slots are free (default: an eighth of them, at least
-        one), this many requests per prefill pass: fewer, larger prefills against slots
-        idling until the refill.
+        one; at most `slots`), this many requests per prefill pass: fewer, larger prefills
+        against slots idling until the refill.
       head_weights: `[H]` weights of a multi-head model.
     Returns:
       (`Samples` of numpy `[B * G, N]` arrays in request order, `EngineStats`).
     """
+    if slots < 1:
+        raise ValueError(f"slots: at least 1 decode row expected, got {slots}")
     trunk, head = split_policy(model, head_weights)
     graphdef, params = nnx.split(trunk)
     params = cast_params(params, trunk.config.dtype)

@@ -65,6 +65,10 @@ def test_each_request_stops_at_its_own_limit(setup):
         np.testing.assert_array_equal(out.tokens[j, :kept], tokens[j, :kept])
     with pytest.raises(ValueError, match="limits"):
         _continuous(model, prompts, 4, limits=[N + 1] * (len(prompts) * G))
+    with pytest.raises(ValueError, match="refill_at: between 1 and slots=4"):
+        _continuous(model, prompts, 4, refill_at=5)  # would wait for 5 free slots forever
+    with pytest.raises(ValueError, match="slots: at least 1"):
+        _continuous(model, prompts, 0)
 
 
 def test_engine_on_a_mesh_splits_its_slots(setup):

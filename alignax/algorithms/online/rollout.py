@@ -19,6 +19,7 @@ Shapes: B prompts, G samples per prompt, P prompt width, N new tokens, S = P + N
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -117,13 +118,15 @@ def prompt_width(examples: Sequence[PromptExample], cap: int) -> int:
 
 
 def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: SamplingOptions, *,
-           tokenizer, shard=None, stats: dict | None = None, defer: bool = False):
+           tokenizer, shard=None, mesh=None, stats: dict | None = None, defer: bool = False):
     """Samples G completions per prompt with the policy's parameters and decodes them.
 
     Args:
       graphdef, params: the policy (`params` used in place).
       examples: B prompts. key: the sampling key. opts: `SamplingOptions`.
       tokenizer: decodes completions. shard: optional sharding for the `[B, P]` prompts.
+      mesh: the trainer's mesh; with `opts.slots`, the engine's slots are split over its
+        `batch` axes.
       stats: with `opts.slots`, the engine's `slot_steps` and `slot_tokens` are added to it
         (when the rollout is finished: with `defer`, by `finish`).
       defer: return `finish() -> rollout` instead: the sampling is queued on the devices
@@ -140,9 +143,11 @@ def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: Sampl
     dev_ids, dev_mask = (ids, pmask) if shard is None else jax.device_put((ids, pmask), shard)
     counters = None
     if opts.slots:  # continuous batching: rows refill slots as others stop (one program)
-        out, counters = run_engine(graphdef, params, dev_ids, dev_mask,
-                                   np.full(len(examples) * g, n, np.int32), key,
-                                   slots=opts.slots, refill_at=max(1, opts.slots // 8), **kw)
+        with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+            out, counters = run_engine(graphdef, params, dev_ids, dev_mask,
+                                       np.full(len(examples) * g, n, np.int32), key,
+                                       slots=opts.slots, refill_at=max(1, opts.slots // 8),
+                                       **kw)
     else:
         out = sample_tokens(graphdef, params, dev_ids, dev_mask, key, **kw)
     finish = functools.partial(_finish_sample, out, examples, ids, pmask, opts, tokenizer,

@@ -186,10 +186,15 @@ class Rollouts:
     def state_dict(self) -> dict:
         if self.pending is None:
             return self._now()
+        assert self._before is not None, "mark() the state before drawing a pending batch"
         try:  # the pending batch itself: a resumed run trains on it, as an uninterrupted one
-            return dict(self._now(), pending=_encode_pending(self.pending))
-        except TypeError:  # texts / prompts / answers that JSON cannot hold: draw it again
-            return self._before
+            saved = dict(self._now(), pending=_encode_pending(self.pending))
+            if _same(_decode_pending(json.loads(json.dumps(saved["pending"])))[0],
+                     self.pending[0]):
+                return saved
+        except (TypeError, ValueError):  # texts / prompts / answers JSON cannot hold
+            pass
+        return self._before  # a resumed run draws the batch again
 
     def load_state_dict(self, state: dict) -> None:
         self.prompts.load_state_dict(state["prompts"])
@@ -217,6 +222,19 @@ def _encode_pending(pending) -> dict:
     return {"rollout": arrays, "row": {k: number(v) for k, v in row.items()},
             "sampled": {k: number(v) for k, v in sampled.items()},
             "key": [int(x) for x in np.asarray(jax.random.key_data(key))]}
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Whether two rollouts hold equal arrays (objects compared as Python values: a tuple
+    that JSON turned into a list, or an int key into a string, differs)."""
+    def equal(x, y):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype == object or y.dtype == object:
+            return x.shape == y.shape and all(
+                bool(p == q) for p, q in zip(x.reshape(-1), y.reshape(-1)))
+        return x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind in "fc")
+
+    return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
 
 
 def _decode_pending(state: dict):
@@ -350,8 +368,8 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
             prompts = state.prompts.next_batch()
             finish = rollout.sample(graphdef, policy_params, prompts,
                                     jax.random.fold_in(step_key, 0), opts,
-                                    tokenizer=ctx.tokenizer, shard=shard, stats=sampled,
-                                    defer=True)
+                                    tokenizer=ctx.tokenizer, shard=shard, mesh=ctx.mesh,
+                                    stats=sampled, defer=True)
 
             def done():
                 t0 = time.perf_counter()
@@ -374,7 +392,8 @@ def _collector(ctx: Context, spec: Online, graphdef, state: Rollouts, scorer, op
             key = jax.random.fold_in(step_key, attempt and _RESAMPLE_TAG + attempt)
             if episodes is None:
                 r = rollout.sample(graphdef, policy_params, prompts, key, opts,
-                                   tokenizer=ctx.tokenizer, shard=shard, stats=sampled)
+                                   tokenizer=ctx.tokenizer, shard=shard, mesh=ctx.mesh,
+                                   stats=sampled)
             else:
                 r, episode_metrics = rollout.sample_episodes(
                     graphdef, policy_params, prompts, key, opts, episodes,
@@ -435,10 +454,11 @@ def _step_maker(ctx: Context, spec: Online, graphdefs, params0, state: Rollouts,
         def step(train_state):
             t0 = time.perf_counter()
             staleness = 0
-            if state.pending is not None:  # sampled from the parameters before the last update
-                r, row, sampled, step_key = state.take_pending()
+            pending = state.take_pending()
+            if pending is not None and ro.async_rollouts:  # sampled before the last update
+                r, row, sampled, step_key = pending
                 staleness = 1
-            else:
+            else:  # (a pending batch restored into a run without async rollouts: dropped)
                 step_key = state.split()
                 r, row, sampled = collect(train_state.params, step_key)
             t_sample = time.perf_counter() - t0
