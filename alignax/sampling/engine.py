@@ -136,10 +136,11 @@ def prefill_rows(refill_at: int, num_samples: int, num_prompts: int) -> int:
 def run_engine(graphdef, params, prompt_ids, prompt_mask, limits, key, head=None, *,
                slots: int, num_samples: int, max_new_tokens: int, temperature: float,
                top_k: int, top_p: float, stop_ids: tuple[int, ...], pad_id: int,
-               refill_at: int) -> tuple[Samples, dict]:
+               refill_at: int = 0) -> tuple[Samples, dict]:
     """The engine as one device program: `[B, P]` left-padded prompts, `limits` `[B * G]`
     (each request's new-token cap, <= N). Returns device `Samples` `[B * G, N]` in request
     order and `{decode_steps, refills, prefills}` (device scalars)."""
+    refill_at = refill_at or max(1, slots // 8)  # default: an eighth of the slots
     if not 1 <= refill_at <= slots:
         raise ValueError(f"refill_at: between 1 and slots={slots} expected, got {refill_at} "
                          "(a refill waits for that many free slots)")
@@ -289,7 +290,7 @@ def sample_continuous(model, prompts: Sequence[Sequence[int]], key, *, slots: in
         num_samples=int(num_samples), max_new_tokens=int(max_new_tokens),
         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
         stop_ids=tuple(int(s) for s in (stop_ids if stop_ids is not None else (eos_id,))),
-        pad_id=int(pad_id), refill_at=int(refill_at or max(1, slots // 8)))
+        pad_id=int(pad_id), refill_at=int(refill_at))
     out = Samples(*(np.asarray(x) for x in out))
     return out, engine_stats(stats, slots, out.mask)
 

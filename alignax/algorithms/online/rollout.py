@@ -146,8 +146,7 @@ def sample(graphdef, params, examples: Sequence[PromptExample], key, opts: Sampl
         with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
             out, counters = run_engine(graphdef, params, dev_ids, dev_mask,
                                        np.full(len(examples) * g, n, np.int32), key,
-                                       slots=opts.slots, refill_at=max(1, opts.slots // 8),
-                                       **kw)
+                                       slots=opts.slots, **kw)
     else:
         out = sample_tokens(graphdef, params, dev_ids, dev_mask, key, **kw)
     finish = functools.partial(_finish_sample, out, examples, ids, pmask, opts, tokenizer,
