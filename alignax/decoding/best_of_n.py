@@ -28,7 +28,8 @@ import numpy as np
 from flax import nnx
 
 from alignax.models.logprobs import completion_logps
-from alignax.sampling.sampler import generate, left_pad, sequences
+from alignax.sampling.generation import generate
+from alignax.sampling.sampler import left_pad, sequences
 
 Scorer = Callable[..., np.ndarray]
 

@@ -3,13 +3,13 @@ temperature, top-k/top-p, stop tokens, log-probs of the sampled tokens, multi-he
 jitted and deterministic under a key. Continuous batching: `sample_continuous` (engine.py)."""
 
 from alignax.sampling.engine import EngineStats, run_engine, sample_continuous
+from alignax.sampling.generation import generate
 from alignax.sampling.heads import Sweep, sweep_head_weights, weight_grid
 from alignax.sampling.sampler import (
     Samples,
     cast_params,
     decode_completions,
     filter_logits,
-    generate,
     left_pad,
     sample_tokens,
     sequences,

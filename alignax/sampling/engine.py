@@ -269,7 +269,7 @@ def sample_continuous(model, prompts: Sequence[Sequence[int]], key, *, slots: in
       key: the sampling key (request j draws with `fold_in(key, j)`).
       slots: decode rows on the device.
       max_new_tokens: N, every request's cap; `limits`: per request (B * G values <= N).
-      eos_id, pad_id, stop_ids, temperature, top_k, top_p: as `sampler.generate`.
+      eos_id, pad_id, stop_ids, temperature, top_k, top_p: as `generation.generate`.
       refill_at: refill once this many slots are free (default: an eighth of them, at least
         one; at most `slots`), this many requests per prefill pass: fewer, larger prefills
         against slots idling until the refill.

@@ -10,7 +10,8 @@ from flax import nnx
 from alignax import sharding
 from alignax.models import init_model, tiny_config
 from alignax.sampling.engine import run_engine, sample_continuous
-from alignax.sampling.sampler import generate, left_pad, sample_tokens
+from alignax.sampling.generation import generate
+from alignax.sampling.sampler import left_pad, sample_tokens
 
 PAD, WIDTH, N, G = 256, 8, 12, 3
 STOPS = tuple(range(3, 40))  # frequent stops: rows end at very different lengths

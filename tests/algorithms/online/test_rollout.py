@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from alignax import config, data, losses, rewards
-from alignax.algorithms.online import rollout, trainer
+from alignax.algorithms.online import data_state, rollout, trainer
 from alignax.algorithms.online.grao import grao_loss_fn
 from alignax.algorithms.online.ppo import PPO_LOSS, ppo_advantages
 from alignax.models import ByteTokenizer, forward, init_model, tiny_config
@@ -220,7 +220,7 @@ def test_pending_batch_round_trips_through_the_checkpoint_state():
     import json
 
     ex = [rollout.PromptExample(str(i), (i,)) for i in range(10)]
-    state = trainer.Rollouts(data.PromptIterator(ex, batch_size=2, seed=1), seed=0)
+    state = data_state.Rollouts(data.PromptIterator(ex, batch_size=2, seed=1), seed=0)
     state.mark()
     before = state.state_dict()
     state.prompts.next_batch()
@@ -236,7 +236,7 @@ def test_pending_batch_round_trips_through_the_checkpoint_state():
     state.pending = (r, {"episodes/turns": 2.0}, {"seconds": 0.5, "rows": 4}, key)
     saved = json.loads(json.dumps(state.state_dict()))  # as the checkpoint writes it
     assert saved["prompts"] != before["prompts"] and "pending" in saved
-    again = trainer.Rollouts(data.PromptIterator(ex, batch_size=2, seed=1), seed=0)
+    again = data_state.Rollouts(data.PromptIterator(ex, batch_size=2, seed=1), seed=0)
     again.load_state_dict(saved)
     r2, row, sampled, key2 = again.take_pending()
     for name, value in r.items():
