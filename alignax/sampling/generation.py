@@ -42,7 +42,6 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: in
       `Samples` of numpy `[B * G, N]` arrays (rows prompt-major); the stop token is included
       with mask 1, slots after it are padding.
     """
-    graphdef, params = nnx.split(model)
     stops = tuple(int(s) for s in (stop_ids if stop_ids is not None else (eos_id,)))
     if head_weights is not None:
         head_weights = jnp.asarray(check_head_weights(head_weights, model.num_heads))
@@ -54,6 +53,7 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: in
             num_samples=int(num_samples), temperature=float(temperature), top_k=int(top_k),
             top_p=float(top_p), stop_ids=stops, prompt_width=width,
             head_weights=head_weights)[0]
+    graphdef, params = nnx.split(model)
     size = batch_size or len(prompts)
     out = []
     for i, start in enumerate(range(0, len(prompts), size)):
